@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix (bad config, missing data, bad checkpoint)."""
+
+
+class UserError(Exception):
+  """A problem in the user's input; the message names the problem and the fix in one line.
+
+  Entry points catch it, print `error: <message>` to stderr and exit with status 2, without a
+  traceback and without touching existing checkpoints.
+  """
