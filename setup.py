@@ -23,6 +23,7 @@ setuptools.setup(
         "numpy>=1.26",
         "pillow>=10.0",
         "scipy>=1.11",
+        "importlib_resources",  # needed by TFDS (etils.epath) when it builds a dataset
     ],
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.90", "mlxtend>=0.23"],

@@ -1,0 +1,93 @@
+"""Checkpoints with orbax: the whole training state, the data iterator's position and the config.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data,config}`. Saves are asynchronous (training
+continues while arrays are written) and atomic: orbax writes into a temporary directory and
+renames it when complete, so a crash never leaves a half-written step that restore would load.
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from bigbigan_jax.errors import UserError
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+  """Saves every `every` steps (and when asked), keeps the newest `keep`."""
+
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only, enable_async_checkpointing=True)
+    self.directory = checkpoint_dir(workdir)
+    if read_only and not os.path.isdir(self.directory):
+      raise UserError(f"no checkpoints under {self.directory}; pass the --workdir of a training "
+                      "run (or its checkpoints/ directory)")
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "config"))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return self.manager.all_steps()
+
+  def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict):
+    """Starts an asynchronous save of step `step` (returns before the arrays are on disk)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=True)
+
+  def restore(self, abstract_state, step=None):
+    """Restores (state, data_state, step); falls back to older steps if the newest is unreadable.
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings (see
+        `train.abstract_state`); the restored arrays get exactly those shardings.
+      step: a specific step, or None for the newest readable one.
+    """
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    errors = []
+    for s in steps:
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        logging.warning("Checkpoint at step %d is unreadable (%s); trying an older one.", s, e)
+        continue
+      if errors:
+        print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); "
+              f"resumed from step {s}", flush=True)
+      return restored["state"], restored["data"], s
+    raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
+                    "move the broken step directories away or start a new --workdir")
+
+  def restore_config(self, step=None) -> ml_collections.ConfigDict:
+    """The config a checkpoint was trained with."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"no checkpoints under {self.directory}; train first or pass another --workdir")
+    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return ml_collections.ConfigDict(restored["config"])
+
+  def wait(self):
+    """Blocks until pending asynchronous saves are complete."""
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def with_shardings(abstract_tree, sharding):
+  """Attaches one sharding to every leaf of an abstract pytree."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      abstract_tree)

@@ -1,0 +1,48 @@
+"""Image grids a person can look at: samples G(z) and reconstructions x over G(E(x))."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images) -> np.ndarray:
+  """[-1, 1] floats (N, H, W, C) -> uint8 RGB (N, H, W, 3)."""
+  images = np.asarray(images, np.float32)
+  if images.ndim == 2:  # flat MNIST vectors from the BiGAN MLP models, in [0, 1]
+    side = int(round(np.sqrt(images.shape[1])))
+    images = images.reshape(-1, side, side, 1) * 2 - 1
+  images = np.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  return images
+
+
+def grid(images, columns: int, pad: int = 2) -> np.ndarray:
+  """Tiles N images into rows of `columns` with a `pad`-pixel white border: (H', W', 3) uint8."""
+  images = to_uint8(images)
+  n, h, w, c = images.shape
+  rows = -(-n // columns)
+  out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
+  return out
+
+
+def reconstruction_grid(real, reconstructed, columns: int = 8) -> np.ndarray:
+  """Rows of real images, each followed by a row of their reconstructions G(E(x))."""
+  real, reconstructed = np.asarray(real), np.asarray(reconstructed)
+  rows = []
+  for start in range(0, len(real), columns):
+    rows += [real[start:start + columns], reconstructed[start:start + columns]]
+  return grid(np.concatenate(rows), columns)
+
+
+def save_png(array: np.ndarray, path: str, scale: int = 1):
+  """Writes a uint8 grid as a PNG, optionally enlarged (nearest neighbour) for tiny images."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image = Image.fromarray(array)
+  if scale > 1:
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+  image.save(path)

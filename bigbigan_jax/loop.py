@@ -1,0 +1,141 @@
+"""The training loop: input, resume, the jitted step, logging, image grids and checkpoints."""
+
+import json
+import os
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigbigan_jax import checkpoint
+from bigbigan_jax import images
+from bigbigan_jax import input_pipeline
+from bigbigan_jax import train
+
+
+def _replicate(mesh, array):
+  """A host value, identical on every process, as a replicated global array."""
+  return jax.make_array_from_process_local_data(train.replicated(mesh), np.asarray(array))
+
+
+def _fetch(array) -> np.ndarray:
+  """A replicated global array back on the host (works in multi-process runs)."""
+  return np.asarray(array.addressable_data(0))
+
+
+class Previews:
+  """Sample grids G(z) for a fixed z and reconstruction grids x over G(E(x)) for fixed real x,
+  from the EMA weights in evaluation mode."""
+
+  def __init__(self, config, networks, mesh, num_samples: int = 64, num_real: int = 32):
+    self.config, self.networks, self.mesh = config, networks, mesh
+    z = train.sample_z(jax.random.key(config.seed + 1), (num_samples, config.model.z_dim),
+                       config.model.z_dist)
+    self.z = _replicate(mesh, z)
+    self.real = None
+    if networks.encoder is not None:
+      batch = next(input_pipeline.eval_batches(
+          config.data, config.data.eval_split, image_size=train.image_size(config),
+          batch_size=num_real))
+      self.real = _replicate(mesh, batch["image"])
+    g, e = networks.generator, networks.encoder
+
+    def sample(state, z):
+      return g.apply({"params": state["ema"]["generator"], **state["stats"]["generator"]}, z,
+                     train=False)
+
+    def reconstruct(state, x):
+      enc = e.apply({"params": state["ema"]["encoder"], **state["stats"]["encoder"]},
+                    train.real_to_model_space(config, x), train=False)
+      return sample(state, enc["z_mean"])
+
+    out = train.replicated(mesh)
+    self.sample = jax.jit(sample, out_shardings=out)
+    self.reconstruct = jax.jit(reconstruct, out_shardings=out) if e is not None else None
+
+  def write(self, step: int, state, writer, workdir: str):
+    grids = {"samples": images.grid(_fetch(self.sample(state, self.z)), 8)}
+    if self.reconstruct is not None:
+      recon = _fetch(self.reconstruct(state, self.real))
+      grids["reconstructions"] = images.reconstruction_grid(_fetch(self.real), recon)
+    if jax.process_index() == 0:
+      small = grids["samples"].shape[0] < 400
+      for name, grid in grids.items():
+        images.save_png(grid, os.path.join(workdir, "images", f"{name}_{step:07d}.png"),
+                        scale=2 if small else 1)
+      writer.write_images(step, {k: v[None] for k, v in grids.items()})
+
+
+def _truncate_metrics(path: str, last_step: int):
+  """On resume, drops metric lines logged after the checkpoint we resume from."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one."""
+  mesh, networks, optimizers, step_fn = train.setup(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  train_iter = input_pipeline.create_train_iterator(
+      config.data, image_size=train.image_size(config), global_batch_size=config.batch_size,
+      seed=config.seed)
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if ckpt.latest_step() is not None:
+    abstract = checkpoint.with_shardings(train.abstract_state(networks, optimizers, config),
+                                         train.replicated(mesh))
+    state, data_state, start = ckpt.restore(abstract)
+    train_iter.set_state(data_state)
+    logging.info("Resumed from step %d.", start)
+    print(f"Resumed from the checkpoint at step {start} in {ckpt.directory}", flush=True)
+    if is_main:
+      _truncate_metrics(metrics_path, start)
+  else:
+    state, start = train.fresh_state(networks, optimizers, config, mesh), 0
+  total = config.total_steps
+  if start >= total:
+    print(f"Already trained to step {start} (total_steps={total}); nothing to do.", flush=True)
+    ckpt.close()
+    return state
+
+  previews = Previews(config, networks, mesh)
+  d_steps = config.optim.d_steps
+  timer = train.Timer(total, config.batch_size * d_steps, start)
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                           every_steps=config.log_every)
+  metrics_file = open(metrics_path, "a") if is_main else None
+  for step in range(start + 1, total + 1):
+    local = [next(train_iter)["image"] for _ in range(d_steps)]
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = step_fn(state, train.global_images(local, mesh))
+    report(step)
+    if step % config.log_every == 0 or step == total:
+      values = {k: float(_fetch(v)) for k, v in metrics.items()}
+      values.update(timer.report(step))
+      writer.write_scalars(step, values)
+      if metrics_file:
+        metrics_file.write(json.dumps({"step": step, **values}) + "\n")
+        metrics_file.flush()
+        print(f"step {step}/{total} | {values['steps_per_s']:.2f} steps/s | "
+              f"{values['img_per_s']:.0f} img/s | ETA {values['eta_s'] / 60:.1f} min | "
+              f"d_loss {values['d_loss']:.4f} | eg_loss {values['eg_loss']:.4f}", flush=True)
+    if step % config.image_every == 0 or step == total:
+      previews.write(step, state, writer, workdir)
+    if step % config.checkpoint_every == 0 or step == total:
+      ckpt.save(step, state, train_iter.get_state(), config)
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  if metrics_file:
+    metrics_file.close()
+  return state

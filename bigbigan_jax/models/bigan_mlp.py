@@ -1,0 +1,71 @@
+"""The BiGAN (2017) permutation-invariant MNIST networks (SPEC §9): 784-d x, 50-d z, MLPs."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bigbigan_jax.models import layers
+
+
+def _bn(train, dtype):
+  # BN without gain or bias, as in the BiGAN paper's MNIST models.
+  return layers.batch_norm(train, 1e-5, 0.9, dtype, use_scale=False, use_bias=False)
+
+
+class MLPGenerator(nn.Module):
+  """ReLU(BN(FC 1024 z)) -> ReLU(BN(FC 1024 h + FC_z 1024 z)) -> sigmoid(FC 784)."""
+  hidden: int = 1024
+  out_dim: int = 784
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    z = z.astype(self.dtype)
+    h = nn.relu(_bn(train, self.dtype)(nn.Dense(self.hidden, dtype=self.dtype)(z)))
+    h = nn.Dense(self.hidden, dtype=self.dtype)(h) + nn.Dense(self.hidden, dtype=self.dtype)(z)
+    h = nn.relu(_bn(train, self.dtype)(h))
+    return nn.sigmoid(nn.Dense(self.out_dim, dtype=self.dtype)(h).astype(jnp.float32))
+
+
+class MLPEncoder(nn.Module):
+  """LReLU(FC 1024 x) -> LReLU(BN(FC 1024)) -> 2 sigmoid(FC 50) - 1, in the encoder's output dict.
+
+  `avepool_feat` is the penultimate layer here (the paper's "E's penultimate layer" features).
+  """
+  z_dim: int = 50
+  hidden: int = 1024
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    h = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype)(x), 0.2)
+    h = nn.leaky_relu(_bn(train, self.dtype)(nn.Dense(self.hidden, dtype=self.dtype)(h)), 0.2)
+    z = 2 * nn.sigmoid(nn.Dense(self.z_dim, dtype=self.dtype)(h).astype(jnp.float32)) - 1
+    feat = h.astype(jnp.float32)
+    return {"avepool_feat": feat, "bn_crelu_feat": jnp.concatenate([nn.relu(feat), nn.relu(-feat)], -1),
+            "z_mean": z, "z_stdev": jnp.zeros_like(z), "z_sample": z}
+
+
+class MLPDiscriminator(nn.Module):
+  """D(x, z): LReLU(FC 1024 x) -> LReLU(BN(FC 1024 h + FC_z 1024 z)) -> FC 1 (joint score only).
+
+  With `use_z=False` it is the plain GAN discriminator of the "D features" baseline.
+  """
+  hidden: int = 1024
+  use_z: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, z=None, train: bool = True):
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)
+    h = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype)(x), 0.2)
+    h = nn.Dense(self.hidden, dtype=self.dtype)(h)
+    if self.use_z:
+      h = h + nn.Dense(self.hidden, dtype=self.dtype)(z.astype(self.dtype))
+    h = nn.leaky_relu(_bn(train, self.dtype)(h), 0.2)
+    score = nn.Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
+    if self.use_z:
+      return {"s_x": None, "s_z": None, "s_xz": score}
+    return {"s_x": score, "s_z": None, "s_xz": None}

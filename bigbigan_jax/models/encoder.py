@@ -1,0 +1,125 @@
+"""The encoder E: a ResNet-v2 or RevNet trunk and a residual-MLP head to z (SPEC §4).
+
+Standard batch norm (global batch statistics), He init, no spectral norm.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigbigan_jax.models import layers
+from bigbigan_jax.models import revnet
+
+RESNET_UNITS = {"resnet_v2_50": (3, 4, 6, 3), "resnet_v2_101": (3, 4, 23, 3)}
+TRUNKS = tuple(RESNET_UNITS) + ("revnet_50",)
+OUTPUTS = ("stochastic", "deterministic", "uniform")
+
+
+class BottleneckV2(nn.Module):
+  """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 (x4)."""
+  features: int  # the bottleneck width; the unit outputs 4 * features
+  strides: int = 1
+  bn_momentum: float = 0.9
+  bn_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name: layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype, name=name)
+    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False,
+                                         kernel_init=layers.he_normal, dtype=self.dtype, name=name)
+    preact = nn.relu(bn("bn1")(x))
+    skip = x
+    if self.strides != 1 or x.shape[-1] != 4 * self.features:
+      skip = conv(4 * self.features, 1, self.strides, "conv_sc")(preact)
+    h = conv(self.features, 1, 1, "conv1")(preact)
+    h = conv(self.features, 3, self.strides, "conv2")(nn.relu(bn("bn2")(h)))
+    h = conv(4 * self.features, 1, 1, "conv3")(nn.relu(bn("bn3")(h)))
+    return h + skip
+
+
+class ResNetV2(nn.Module):
+  """ResNet-v2 trunk: 7x7/2 conv, 3x3/2 max-pool, bottleneck stages, BN-ReLU, average pool."""
+  units: tuple = (3, 4, 6, 3)
+  width: int = 1
+  base_width: int = 64  # channels of the root conv at width 1 (64 in ResNet-50)
+  bn_momentum: float = 0.9
+  bn_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    h = nn.Conv(self.base_width * self.width, (7, 7), (2, 2), padding="SAME", use_bias=False,
+                kernel_init=layers.he_normal, dtype=self.dtype, name="root_conv")(x)
+    h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+    for stage, num_units in enumerate(self.units):
+      for u in range(num_units):
+        strides = 2 if stage > 0 and u == 0 else 1
+        h = BottleneckV2(self.base_width * self.width * 2**stage, strides, self.bn_momentum, self.bn_eps,
+                         self.dtype, name=f"stage{stage}_unit{u}")(h, train)
+    h = nn.relu(layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype,
+                                  name="final_bn")(h))
+    return jnp.mean(h.astype(jnp.float32), axis=(1, 2))
+
+
+class Encoder(nn.Module):
+  """E(x) -> {'avepool_feat', 'bn_crelu_feat', 'z_mean', 'z_stdev', 'z_sample'}.
+
+  Attributes:
+    trunk: 'resnet_v2_50', 'resnet_v2_101' or 'revnet_50'.
+    width: trunk width multiplier (1, 2, 4).
+    base_width: root channels at width 1 (64 for the paper's nets; small for CPU tests).
+    output: 'stochastic' (z = mu + softplus(s) * eps, eps from the rng named 'sample'),
+      'deterministic' (z = mu) or 'uniform' (z = tanh(linear), for a uniform P_z).
+    reversible_backward: RevNet only; recompute activations on the backward pass.
+  """
+  z_dim: int = 120
+  trunk: str = "resnet_v2_50"
+  width: int = 1
+  base_width: int = 64
+  head_width: int = 4096
+  head_blocks: int = 2
+  output: str = "stochastic"
+  reversible_backward: bool = True
+  bn_momentum: float = 0.9
+  bn_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = x.astype(self.dtype)
+    if self.trunk == "revnet_50":
+      feat = revnet.RevNet(width=self.width, base_width=self.base_width, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
+                           reversible_backward=self.reversible_backward, dtype=self.dtype,
+                           name="trunk")(x, train)
+    else:
+      feat = ResNetV2(RESNET_UNITS[self.trunk], self.width, self.base_width, self.bn_momentum,
+                      self.bn_eps,
+                      self.dtype, name="trunk")(x, train)
+    # The hub module's "BN+CReLU" features: BN without learned scale or offset, then CReLU.
+    normed = layers.batch_norm(train, self.bn_eps, self.bn_momentum, jnp.float32,
+                               use_scale=False, use_bias=False, name="feat_bn")(feat)
+    out = {"avepool_feat": feat,
+           "bn_crelu_feat": jnp.concatenate([nn.relu(normed), nn.relu(-normed)], axis=-1)}
+
+    h = layers.ResidualMLP(self.head_width, self.head_blocks, spectral_norm=False,
+                           dtype=self.dtype, name="head")(feat.astype(self.dtype), train)
+    if self.output == "stochastic":
+      mu, sigma_hat = jnp.split(
+          nn.Dense(2 * self.z_dim, dtype=self.dtype, name="to_z")(h).astype(jnp.float32), 2, -1)
+      sigma = nn.softplus(sigma_hat)
+      z = mu
+      if self.has_rng("sample"):  # without one (e.g. plain inference), z_sample is the mean
+        z = mu + sigma * jax.random.normal(self.make_rng("sample"), mu.shape, jnp.float32)
+      out.update(z_mean=mu, z_stdev=sigma, z_sample=z)
+    elif self.output == "deterministic":
+      mu = nn.Dense(self.z_dim, dtype=self.dtype, name="to_z")(h).astype(jnp.float32)
+      out.update(z_mean=mu, z_stdev=jnp.zeros_like(mu), z_sample=mu)
+    elif self.output == "uniform":
+      z = jnp.tanh(nn.Dense(self.z_dim, dtype=self.dtype, name="to_z")(h).astype(jnp.float32))
+      out.update(z_mean=z, z_stdev=jnp.zeros_like(z), z_sample=z)
+    else:
+      raise ValueError(f"unknown encoder output {self.output!r}; use one of {OUTPUTS}")
+    return out

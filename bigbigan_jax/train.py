@@ -1,0 +1,252 @@
+"""Training: state, the data-parallel step, and the loop.
+
+Parallelism is SPMD: one `jax.jit`-compiled step over a 1-D `('data',)` mesh of every device of
+every process. Parameters and optimizer state are replicated; the global batch is sharded along
+the mesh. Batch-norm statistics are therefore computed over the global batch (XLA inserts the
+cross-device reductions), which is what BigGAN's cross-replica BN does, with no extra code.
+"""
+
+import functools
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+
+from bigbigan_jax import input_pipeline
+from bigbigan_jax import losses
+from bigbigan_jax import models
+from bigbigan_jax import validation
+
+NETS = ("generator", "encoder", "discriminator")
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh and shardings.
+
+def make_mesh() -> Mesh:
+  """A 1-D mesh over all devices of all processes, in process order."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh):
+  """Sharding of a `[d_steps, global_batch, ...]` image stack: the batch axis over 'data'."""
+  return NamedSharding(mesh, P(None, "data"))
+
+
+# ---------------------------------------------------------------------------------------------
+# State: a plain dict pytree.
+#   step:   number of completed E/G updates (int32)
+#   params: {net: params}, stats: {net: {'batch_stats': ..., 'spectral': ...}}
+#   opt:    {net: optax state}, ema: {'generator': params, 'encoder': params}
+# Randomness is derived from (seed, step), so the state needs no key and a resumed run draws
+# exactly the numbers a straight run would.
+
+def create_optimizers(config) -> dict:
+  """Separate Adam for D, G and E (E's learning rate is eta times G's)."""
+  o = config.optim
+  adam = lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+  return {"generator": adam(o.g_lr), "discriminator": adam(o.d_lr),
+          "encoder": adam(o.g_lr * o.e_lr_mult)}
+
+
+def init_state(networks, optimizers, config) -> dict:
+  """Fresh training state (call under `jax.jit` with replicated out_shardings)."""
+  variables = models.init_variables(networks, config, jax.random.key(config.seed))
+  params = {k: v["params"] for k, v in variables.items()}
+  stats = {k: {c: x for c, x in v.items() if c != "params"} for k, v in variables.items()}
+  return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "stats": stats,
+      "opt": {k: optimizers[k].init(p) for k, p in params.items()},
+      "ema": {k: params[k] for k in ("generator", "encoder") if k in params},
+  }
+
+
+def abstract_state(networks, optimizers, config):
+  """Shapes and dtypes of the state, for restoring a checkpoint without initialising."""
+  return jax.eval_shape(functools.partial(init_state, networks, optimizers, config))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step.
+
+def sample_z(key, shape, z_dist: str):
+  if z_dist == "uniform":
+    return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+  return jax.random.normal(key, shape, jnp.float32)
+
+
+def real_to_model_space(config, images):
+  """Pipeline images in [-1, 1] -> what E and D consume (flat [0, 1] vectors for BiGAN MLPs)."""
+  if config.model.get("family", "bigbigan") == "bigan_mlp":
+    return (images.reshape(images.shape[0], -1) + 1.0) / 2.0
+  return images
+
+
+def make_train_step(networks, optimizers, config, mesh):
+  """Returns `train_step(state, images) -> (state, metrics)`, to be jitted.
+
+  `images` is `[d_steps, global_batch, ...]`: one fresh real batch per D update; the E/G update
+  reuses the last one with fresh z and fresh encoder noise.
+  """
+  G, E, D = networks.generator, networks.encoder, networks.discriminator
+  d_steps = config.optim.d_steps
+  z_dim, z_dist = config.model.z_dim, config.model.z_dist
+  bigan = config.model.get("family", "bigbigan") == "bigan_mlp"
+  g_res = None if bigan else config.model.generator.resolution
+  data_spec = NamedSharding(mesh, P("data"))
+
+  def run(net, params, stats, *args, rngs=None):
+    out, new_stats = net.apply({"params": params, **stats}, *args, train=True, rngs=rngs,
+                               mutable=list(stats))
+    return out, dict(new_stats)
+
+  def generate_and_encode(params, stats, x_real, key):
+    """x_fake = G(z) and z_hat = E(x) in training mode; returns them and the new G/E stats."""
+    kz, ke = jax.random.split(key)
+    batch = x_real.shape[0]
+    z = jax.lax.with_sharding_constraint(sample_z(kz, (batch, z_dim), z_dist), data_spec)
+    new_stats = dict(stats)
+    x_fake, new_stats["generator"] = run(G, params["generator"], stats["generator"], z)
+    z_hat = None
+    if E is not None:
+      enc, new_stats["encoder"] = run(E, params["encoder"], stats["encoder"], x_real,
+                                      rngs={"sample": ke})
+      z_hat = enc["z_sample"]
+    return z, x_fake, z_hat, new_stats
+
+  def discriminate(d_params, d_stats, x_real, z_hat, x_fake, z):
+    """Scores of encoder pairs (x, E(x)) and generator pairs (G(z), z), in one D call."""
+    x_d = x_real if bigan else input_pipeline.d_view(x_real, g_res)
+    x = jnp.concatenate([x_d, x_fake.astype(x_d.dtype)])
+    zz = None if z_hat is None else jnp.concatenate([z_hat, z])
+    scores, new_stats = run(D, d_params, d_stats, x, zz)
+    n = x_real.shape[0]
+    enc = {k: None if v is None else v[:n] for k, v in scores.items()}
+    gen = {k: None if v is None else v[n:] for k, v in scores.items()}
+    return enc, gen, new_stats
+
+  def apply_updates(state, name, grads):
+    updates, state["opt"][name] = optimizers[name].update(
+        grads, state["opt"][name], state["params"][name])
+    state["params"][name] = optax.apply_updates(state["params"][name], updates)
+
+  def d_update(state, x_real, key):
+    z, x_fake, z_hat, stats = generate_and_encode(state["params"], state["stats"], x_real, key)
+    x_fake = jax.lax.stop_gradient(x_fake)
+    z_hat = None if z_hat is None else jax.lax.stop_gradient(z_hat)
+
+    def loss_fn(d_params):
+      enc, gen, d_stats = discriminate(d_params, stats["discriminator"], x_real, z_hat, x_fake, z)
+      loss, metrics = losses.discriminator_loss(enc, gen, config.loss)
+      return loss, (d_stats, {**metrics, **losses.score_means(enc, gen)})
+
+    (loss, (d_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"]["discriminator"])
+    state = {**state, "params": dict(state["params"]), "opt": dict(state["opt"]),
+             "stats": {**stats, "discriminator": d_stats}}
+    apply_updates(state, "discriminator", grads)
+    return state, {"d_loss": loss, **metrics}
+
+  def eg_update(state, x_real, key):
+    trained = [k for k in ("generator", "encoder") if k in state["params"]]
+
+    def loss_fn(eg_params):
+      params = {**state["params"], **eg_params}
+      z, x_fake, z_hat, stats = generate_and_encode(params, state["stats"], x_real, key)
+      enc, gen, stats["discriminator"] = discriminate(
+          params["discriminator"], stats["discriminator"], x_real, z_hat, x_fake, z)
+      loss, metrics = losses.encoder_generator_loss(enc, gen, config.loss)
+      return loss, (stats, metrics)
+
+    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        {k: state["params"][k] for k in trained})
+    state = {**state, "params": dict(state["params"]), "opt": dict(state["opt"]), "stats": stats}
+    for name in trained:
+      apply_updates(state, name, grads[name])
+    return state, {"eg_loss": loss, **metrics}
+
+  def update_ema(state):
+    # Before `start_step` the EMA just tracks the weights; SN and BN state are not averaged.
+    decay = jnp.where(state["step"] >= config.ema.start_step, config.ema.decay, 0.0)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                       state["ema"], {k: state["params"][k] for k in state["ema"]})
+    return {**state, "ema": ema}
+
+  def train_step(state, images):
+    key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+    metrics = {}
+    for i in range(d_steps):
+      state, metrics = d_update(state, real_to_model_space(config, images[i]),
+                                jax.random.fold_in(key, i))
+    state, eg_metrics = eg_update(state, real_to_model_space(config, images[-1]),
+                                  jax.random.fold_in(key, d_steps))
+    state = update_ema(state)
+    state["step"] = state["step"] + 1
+    return state, {**metrics, **eg_metrics}
+
+  return train_step
+
+
+def compile_train_step(networks, optimizers, config, mesh):
+  """The jitted step: state replicated and donated, images sharded along the batch."""
+  return jax.jit(make_train_step(networks, optimizers, config, mesh),
+                 in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)),
+                 donate_argnums=0)
+
+
+def image_size(config) -> int:
+  """Resolution the input pipeline delivers: E's (D gets a pooled view on device)."""
+  m = config.model
+  if m.get("family", "bigbigan") == "bigan_mlp":
+    return m.image_size
+  return m.encoder.resolution if m.encoder.enabled else m.generator.resolution
+
+
+def global_images(local_batches, mesh):
+  """Stacks `d_steps` process-local batches and assembles the global, sharded array."""
+  local = np.stack(local_batches)
+  global_shape = (local.shape[0], local.shape[1] * jax.process_count()) + local.shape[2:]
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local, global_shape)
+
+
+def setup(config):
+  """Everything the loop, the benchmark and the tests share: validated config, mesh, networks,
+  optimizers and the compiled step."""
+  validation.validate(config, num_devices=jax.device_count())
+  mesh = make_mesh()
+  networks = models.build(config)
+  optimizers = create_optimizers(config)
+  step_fn = compile_train_step(networks, optimizers, config, mesh)
+  return mesh, networks, optimizers, step_fn
+
+
+def fresh_state(networks, optimizers, config, mesh):
+  return jax.jit(functools.partial(init_state, networks, optimizers, config),
+                 out_shardings=replicated(mesh))()
+
+
+class Timer:
+  """Steps/s, img/s and ETA between successive `report` calls."""
+
+  def __init__(self, total_steps: int, images_per_step: int, start_step: int):
+    self.total, self.images_per_step = total_steps, images_per_step
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def report(self, step: int) -> dict:
+    now = time.perf_counter()
+    steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    eta = (self.total - step) / max(steps_per_s, 1e-9)
+    return {"steps_per_s": steps_per_s, "img_per_s": steps_per_s * self.images_per_step,
+            "eta_s": eta}

