@@ -49,7 +49,8 @@ def _base():
   c.model.encoder = ml_collections.ConfigDict(dict(
       enabled=True, trunk="resnet_v2_50", width=1, base_width=64, resolution=128,
       head_width=4096, head_blocks=2, output="stochastic", reversible_backward=True,
-      bn_eps=1e-5, bn_momentum=0.9))
+      bn_eps=1e-5, bn_momentum=0.9,
+      units=ml_collections.FieldReference(None, field_type=tuple)))  # None: the trunk's depth
 
   c.loss = ml_collections.ConfigDict(dict(
       s_x=True, s_z=True, s_xz=True,
@@ -128,7 +129,7 @@ def _runlocal(c):
   e.resolution = 32 * e.resolution // g.resolution
   g.resolution, g.attn_res, g.ch, g.shared_dim = 32, 16, g.ch // 8, 8
   c.model.discriminator.update(ch=8, attn_res=16, mlp_width=32)
-  e.update(base_width=4, head_width=32)
+  e.update(base_width=4, head_width=32, units=(1, 1, 1, 1))
   c.batch_size = 8
   c.dtype = "float32"
   c.total_steps, c.log_every, c.checkpoint_every, c.image_every = 20, 5, 10, 10

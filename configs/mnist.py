@@ -45,7 +45,7 @@ def get_config(arg=None):
   if arg.runlocal:
     m.generator.update(ch=4, shared_dim=8)
     m.discriminator.update(ch=4, mlp_width=32, mlp_blocks=1)
-    m.encoder.update(base_width=2, head_width=32)
+    m.encoder.update(base_width=2, head_width=32, units=(1, 1, 1, 1))
     c.batch_size = 8
     c.total_steps, c.log_every, c.checkpoint_every, c.image_every = 4, 1, 2, 2
     c.ema.start_step = 0

@@ -44,7 +44,8 @@ def build(config) -> Networks:
   encoder = None
   if e.enabled:
     encoder = Encoder(m.z_dim, e.trunk, e.width, e.base_width, e.head_width, e.head_blocks,
-                      e.output, e.reversible_backward, e.bn_momentum, e.bn_eps, dtype)
+                      e.output, e.reversible_backward, e.bn_momentum, e.bn_eps, dtype,
+                      units=e.get("units"))
   discriminator = Discriminator(
       g.resolution, d.ch, d.attn_res, d.mlp_width, d.mlp_blocks,
       use_x=loss.s_x, use_z=loss.s_z and e.enabled, use_xz=loss.s_xz and e.enabled,

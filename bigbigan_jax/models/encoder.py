@@ -3,7 +3,7 @@
 Standard batch norm (global batch statistics), He init, no spectral norm.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -57,8 +57,8 @@ class ResNetV2(nn.Module):
     for stage, num_units in enumerate(self.units):
       for u in range(num_units):
         strides = 2 if stage > 0 and u == 0 else 1
-        h = BottleneckV2(self.base_width * self.width * 2**stage, strides, self.bn_momentum, self.bn_eps,
-                         self.dtype, name=f"stage{stage}_unit{u}")(h, train)
+        h = BottleneckV2(self.base_width * self.width * 2**stage, strides, self.bn_momentum,
+                         self.bn_eps, self.dtype, name=f"stage{stage}_unit{u}")(h, train)
     h = nn.relu(layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype,
                                   name="final_bn")(h))
     return jnp.mean(h.astype(jnp.float32), axis=(1, 2))
@@ -74,6 +74,8 @@ class Encoder(nn.Module):
     output: 'stochastic' (z = mu + softplus(s) * eps, eps from the rng named 'sample'),
       'deterministic' (z = mu) or 'uniform' (z = tanh(linear), for a uniform P_z).
     reversible_backward: RevNet only; recompute activations on the backward pass.
+    units: units per stage; None = the trunk's standard depth (e.g. (3, 4, 6, 3) for -50).
+      Only the tiny `runlocal` configs change it, to compile fast.
   """
   z_dim: int = 120
   trunk: str = "resnet_v2_50"
@@ -86,18 +88,20 @@ class Encoder(nn.Module):
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   dtype: Any = jnp.float32
+  units: Optional[tuple] = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     x = x.astype(self.dtype)
     if self.trunk == "revnet_50":
-      feat = revnet.RevNet(width=self.width, base_width=self.base_width, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
-                           reversible_backward=self.reversible_backward, dtype=self.dtype,
+      feat = revnet.RevNet(width=self.width, base_width=self.base_width,
+                           units=tuple(self.units or revnet.REVNET_UNITS),
+                           reversible_backward=self.reversible_backward,
+                           bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype,
                            name="trunk")(x, train)
     else:
-      feat = ResNetV2(RESNET_UNITS[self.trunk], self.width, self.base_width, self.bn_momentum,
-                      self.bn_eps,
-                      self.dtype, name="trunk")(x, train)
+      feat = ResNetV2(tuple(self.units or RESNET_UNITS[self.trunk]), self.width, self.base_width,
+                      self.bn_momentum, self.bn_eps, self.dtype, name="trunk")(x, train)
     # The hub module's "BN+CReLU" features: BN without learned scale or offset, then CReLU.
     normed = layers.batch_norm(train, self.bn_eps, self.bn_momentum, jnp.float32,
                                use_scale=False, use_bias=False, name="feat_bn")(feat)
