@@ -138,4 +138,7 @@ def train_and_evaluate(config, workdir: str):
   writer.flush()
   if metrics_file:
     metrics_file.close()
+  if is_main:  # lets sweeps tell finished runs from interrupted ones
+    with open(os.path.join(workdir, "DONE"), "w") as f:
+      json.dump({"step": total}, f)
   return state
