@@ -7,9 +7,11 @@ renames it when complete, so a crash never leaves a half-written step that resto
 
 import json
 import os
+import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -27,6 +29,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only, enable_async_checkpointing=True)
     self.directory = checkpoint_dir(workdir)
+    self.read_only = read_only
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f"no checkpoints under {self.directory}; pass the --workdir of a training "
                       "run (or its checkpoints/ directory)")
@@ -65,11 +68,27 @@ class Checkpointer:
         logging.warning("Checkpoint at step %d is unreadable (%s); trying an older one.", s, e)
         continue
       if errors:
-        print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); "
-              f"resumed from step {s}", flush=True)
+        if step is None and not self.read_only:
+          self._set_aside([int(e.split(":")[0].split()[1]) for e in errors])
+        print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); resumed from "
+              f"step {s}; the broken ones were moved to {self.directory}_unreadable/", flush=True)
       return restored["state"], restored["data"], s
     raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
                     "move the broken step directories away or start a new --workdir")
+
+  def _set_aside(self, steps):
+    """Moves unreadable step directories out of the way (never deletes them), so that training
+    can save those steps again."""
+    if jax.process_index() == 0:
+      os.makedirs(self.directory + "_unreadable", exist_ok=True)
+      for s in steps:
+        source = os.path.join(self.directory, str(s))
+        if os.path.isdir(source):
+          target = os.path.join(self.directory + "_unreadable", f"{s}-{int(time.time())}")
+          os.rename(source, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("bigbigan_checkpoint_set_aside")
+    self.manager.reload()
 
   def restore_config(self, step=None) -> ml_collections.ConfigDict:
     """The config a checkpoint was trained with."""

@@ -7,3 +7,7 @@ class UserError(Exception):
   Entry points catch it, print `error: <message>` to stderr and exit with status 2, without a
   traceback and without touching existing checkpoints.
   """
+
+
+class TrainingDiverged(UserError):
+  """A loss, score or parameter became non-finite; the message names the step and the term."""

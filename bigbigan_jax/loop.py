@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 from absl import logging
 from clu import metric_writers
@@ -10,7 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.experimental import multihost_utils
+
 from bigbigan_jax import checkpoint
+from bigbigan_jax import errors
 from bigbigan_jax import images
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import train
@@ -69,6 +73,41 @@ class Previews:
       writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
 
+class PreemptionWatch:
+  """Notices SIGTERM (a TPU VM / SLURM preemption notice) so the loop can checkpoint and exit.
+
+  With several processes, JAX's preemption sync manager (started by jax.distributed) agrees on
+  one step at which every process stops, so all of them save the same step.
+  """
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+
+def _check_finite(step: int, metrics, last_saved):
+  """Raises TrainingDiverged naming the step and every non-finite term."""
+  if bool(_fetch(metrics["all_finite"])):
+    return
+  bad = [k.removeprefix("finite/") for k, v in metrics.items()
+         if k.startswith("finite/") and not bool(_fetch(v))]
+  values = {k: float(_fetch(metrics[k])) for k in bad if k in metrics}
+  where = f"the last good checkpoint is step {last_saved}" if last_saved else "no checkpoint yet"
+  raise errors.TrainingDiverged(
+      f"training diverged at step {step}: non-finite {', '.join(bad)} {values or ''}; nothing was "
+      f"saved from it and {where}; lower the learning rates or set config.skip_nonfinite=True")
+
+
 def _truncate_metrics(path: str, last_step: int):
   """On resume, drops metric lines logged after the checkpoint we resume from."""
   if not os.path.exists(path):
@@ -81,6 +120,7 @@ def _truncate_metrics(path: str, last_step: int):
 
 def train_and_evaluate(config, workdir: str):
   """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one."""
+  preemption = PreemptionWatch()  # first: a SIGTERM during start-up also stops cleanly
   mesh, networks, optimizers, step_fn = train.setup(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -114,13 +154,22 @@ def train_and_evaluate(config, workdir: str):
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_steps=config.log_every)
   metrics_file = open(metrics_path, "a") if is_main else None
+  last_saved = start
+  skip_nonfinite = config.get("skip_nonfinite", False)
   for step in range(start + 1, total + 1):
     local = [next(train_iter)["image"] for _ in range(d_steps)]
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = step_fn(state, train.global_images(local, mesh))
+    if not skip_nonfinite:
+      try:
+        _check_finite(step, metrics, last_saved)
+      except errors.TrainingDiverged:
+        ckpt.wait()  # let pending (good) saves finish; the bad state is never saved
+        ckpt.close()
+        raise
     report(step)
     if step % config.log_every == 0 or step == total:
-      values = {k: float(_fetch(v)) for k, v in metrics.items()}
+      values = {k: float(_fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
       values.update(timer.report(step))
       writer.write_scalars(step, values)
       if metrics_file:
@@ -131,8 +180,16 @@ def train_and_evaluate(config, workdir: str):
               f"d_loss {values['d_loss']:.4f} | eg_loss {values['eg_loss']:.4f}", flush=True)
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
-    if step % config.checkpoint_every == 0 or step == total:
+    preempted = preemption.reached(step)
+    if step % config.checkpoint_every == 0 or step == total or preempted:
       ckpt.save(step, state, train_iter.get_state(), config)
+      last_saved = step
+    if preempted:
+      ckpt.wait()
+      ckpt.close()
+      print(f"Preempted (SIGTERM): saved the checkpoint at step {step}; rerun the same command "
+            "to resume.", flush=True)
+      return state
   ckpt.wait()
   ckpt.close()
   writer.flush()

@@ -64,6 +64,7 @@ def init_state(networks, optimizers, config) -> dict:
   stats = {k: {c: x for c, x in v.items() if c != "params"} for k, v in variables.items()}
   return {
       "step": jnp.zeros((), jnp.int32),
+      "nonfinite_skipped": jnp.zeros((), jnp.int32),  # updates dropped by `skip_nonfinite`
       "params": params,
       "stats": stats,
       "opt": {k: optimizers[k].init(p) for k, p in params.items()},
@@ -182,17 +183,29 @@ def make_train_step(networks, optimizers, config, mesh):
                        state["ema"], {k: state["params"][k] for k in state["ema"]})
     return {**state, "ema": ema}
 
-  def train_step(state, images):
-    key = jax.random.fold_in(jax.random.key(config.seed), state["step"])
-    metrics = {}
+  def train_step(old_state, images):
+    key = jax.random.fold_in(jax.random.key(config.seed), old_state["step"])
+    state, metrics = old_state, {}
     for i in range(d_steps):
       state, metrics = d_update(state, real_to_model_space(config, images[i]),
                                 jax.random.fold_in(key, i))
     state, eg_metrics = eg_update(state, real_to_model_space(config, images[-1]),
                                   jax.random.fold_in(key, d_steps))
     state = update_ema(state)
-    state["step"] = state["step"] + 1
-    return state, {**metrics, **eg_metrics}
+    metrics = {**metrics, **eg_metrics}
+    # Divergence guard: one flag per loss/score and per network's parameters.
+    finite = {f"finite/{k}": jnp.all(jnp.isfinite(v)) for k, v in metrics.items()}
+    for name, params in state["params"].items():
+      finite[f"finite/params_{name}"] = jnp.all(jnp.array(
+          [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+    all_finite = jnp.all(jnp.array(list(finite.values())))
+    if config.get("skip_nonfinite", False):
+      # Keep the previous state (but count the step) instead of stopping.
+      state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), state, old_state)
+      state["nonfinite_skipped"] = old_state["nonfinite_skipped"] + (~all_finite).astype(jnp.int32)
+    state["step"] = old_state["step"] + 1
+    return state, {**metrics, **finite, "all_finite": all_finite,
+                   "nonfinite_skipped": state["nonfinite_skipped"]}
 
   return train_step
 

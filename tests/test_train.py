@@ -6,63 +6,14 @@
   - 2 processes x 4 devices on loopback == 1 process x 8 devices.
 """
 
-import json
 import os
 import socket
 import subprocess
-import sys
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "mnist.py") + ":runlocal"
-
-
-def _env(devices: int) -> dict:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
-             TF_CPP_MIN_LOG_LEVEL="2")
-  return env
-
-
-def _main_command(workdir, data_dir, *flags):
-  return [sys.executable, "-m", "bigbigan_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", *flags]
-
-
-def run_main(workdir, data_dir, *flags, devices=1):
-  result = subprocess.run(_main_command(workdir, data_dir, *flags), env=_env(devices), cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-def metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def state_arrays(workdir, step):
-  """The saved training state as a flat {path: numpy array} dict, on any device count."""
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(path)
-  tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  state = checkpointer.restore(path, restore_args=args)
-  flat, _ = jax.tree_util.tree_flatten_with_path(state)
-  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, mnist_data_dir):
-  """4 steps on 1 device, no interruption (shared by several tests)."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  run_main(workdir, mnist_data_dir)
-  return workdir
+from cli_helpers import env_for, main_command, metrics, run_main, state_arrays
 
 
 def test_main_run_writes_checkpoints_metrics_and_images(straight_run):
@@ -133,10 +84,10 @@ def test_two_processes_equal_one_process(tmp_path, mnist_data_dir, eight_device_
   workdir = str(tmp_path)
   port = _free_port()
   procs = [subprocess.Popen(
-      _main_command(workdir, mnist_data_dir, *TWO_STEPS,
+      main_command(workdir, mnist_data_dir, *TWO_STEPS,
                     f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                     f"--process_id={i}"),
-      env=_env(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      env=env_for(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   for p in procs:
     _, err = p.communicate(timeout=600)
