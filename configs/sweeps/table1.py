@@ -1,4 +1,4 @@
-"""Table 1 of BigBiGAN (Donahue & Simonyan, 2019) as an ablation sweep: 19 rows x 3 seeds.
+r"""Table 1 of BigBiGAN (Donahue & Simonyan, 2019) as an ablation sweep: 19 rows x 3 seeds.
 
   python launch/sweep.py --sweep=configs/sweeps/table1.py --executor=tpu_vm \
       --workroot=gs://BUCKET/bigbigan --tpu_name=NAME --zone=ZONE --dry_run

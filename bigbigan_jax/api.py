@@ -1,0 +1,332 @@
+"""A trained checkpoint as a Python object, mirroring the released BigBiGAN hub modules (SPEC §10).
+
+  import bigbigan_jax
+  model = bigbigan_jax.load("runs/mnist")                  # newest checkpoint, EMA weights
+  x = model.preprocess(uint8_images)                       # any size, gray or RGB -> [-1, 1]
+  features = model.encode(x)            # {avepool_feat, bn_crelu_feat, z_mean, z_stdev, z_sample}
+  images = model.generate(model.sample_z(16))              # [16, H, W, C] in [-1, 1]
+  scores = model.discriminate(images, z)                   # {score_x, score_z, score_xz}
+
+Every method takes and returns host (NumPy) arrays of any batch size N: inputs are cut into
+chunks of a fixed `batch_size` (the last one zero-padded) so that each function compiles once.
+"""
+
+import copy
+import os
+
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+
+from bigbigan_jax import checkpoint
+from bigbigan_jax import input_pipeline
+from bigbigan_jax import models
+from bigbigan_jax import train
+from bigbigan_jax.errors import UserError
+
+ENCODER_OUTPUTS = ("avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev", "z_sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring a checkpoint.
+
+def local_mesh() -> Mesh:
+  """A 1-D ('data',) mesh over this process's devices: inference needs no other host."""
+  return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def _lists_to_tuples(value):
+  """The config is saved as JSON, which turns tuples (e.g. encoder.units) into lists."""
+  if isinstance(value, ml_collections.ConfigDict):
+    return ml_collections.ConfigDict({k: _lists_to_tuples(v) for k, v in value.items()})
+  if isinstance(value, (list, tuple)):
+    return tuple(_lists_to_tuples(v) for v in value)
+  return value
+
+
+def workdir_of(path: str) -> str:
+  """Accepts a training --workdir or its checkpoints/ directory; returns the workdir."""
+  path = path.rstrip("/")
+  if os.path.basename(path) == "checkpoints" and not os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.dirname(path) or "."
+  return path
+
+
+def restore(path: str, step=None, mesh=None):
+  """Restores (config, networks, state, step) of a training run, replicated over `mesh`.
+
+  Args:
+    path: a training --workdir or its checkpoints/ directory.
+    step: a saved step, or None for the newest readable one.
+    mesh: defaults to `local_mesh()`.
+  """
+  mesh = mesh or local_mesh()
+  ckpt = checkpoint.Checkpointer(workdir_of(path), read_only=True)
+  try:
+    steps = ckpt.all_steps()
+    if step is not None and step not in steps:
+      raise UserError(f"no checkpoint at step {step} in {ckpt.directory} (saved steps: "
+                      f"{sorted(steps)}); pass one of them or leave the step out for the newest")
+    config = _lists_to_tuples(ckpt.restore_config(step))
+    networks = models.build(config)
+    abstract = checkpoint.with_shardings(
+        train.abstract_state(networks, train.create_optimizers(config), config),
+        train.replicated(mesh))
+    state, _, step = ckpt.restore(abstract, step)
+  finally:
+    ckpt.close()
+  return config, networks, state, step
+
+
+def load_config(path: str, step=None) -> ml_collections.ConfigDict:
+  """The training config saved with a checkpoint (newest step by default)."""
+  ckpt = checkpoint.Checkpointer(workdir_of(path), read_only=True)
+  try:
+    return _lists_to_tuples(ckpt.restore_config(step))
+  finally:
+    ckpt.close()
+
+
+def variables_of(state, use_ema: bool = True) -> dict:
+  """{net: variables for `apply`} from a training state; EMA weights of G and E if `use_ema`."""
+  out = {}
+  for net in state["params"]:
+    params = state["ema"][net] if use_ema and net in state["ema"] else state["params"][net]
+    out[net] = {"params": params, **state["stats"][net]}
+  return out
+
+
+def load(path: str, step=None, use_ema: bool = True, batch_size: int = 64) -> "BigBiGAN":
+  """Loads a training checkpoint for inference on this process's devices.
+
+  Args:
+    path: a training --workdir or its checkpoints/ directory.
+    step: a saved step, or None for the newest readable one.
+    use_ema: use the EMA weights of G and E (what the paper evaluates); D has no EMA.
+    batch_size: the fixed chunk every method is compiled for.
+  """
+  mesh = local_mesh()
+  config, networks, state, step = restore(path, step, mesh)
+  return BigBiGAN(config, networks, mesh, batch_size=batch_size).with_state(state, use_ema, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+class BigBiGAN:
+  """G, E and D of one configuration with jitted, batched NumPy-in, NumPy-out methods.
+
+  Build it once per (config, mesh) and bind weights with `with_state`: copies share the compiled
+  functions, so an evaluator can rebind every few thousand steps without recompiling.
+
+  Attributes:
+    config, networks, mesh, step (of the bound weights), z_dim, image_size (E's input
+    resolution; G's when there is no encoder), generator_resolution, image_channels, has_encoder.
+  """
+
+  def __init__(self, config, networks, mesh, batch_size: int = 64):
+    self.config, self.networks, self.mesh = config, networks, mesh
+    m = config.model
+    self.bigan_mlp = m.get("family", "bigbigan") == "bigan_mlp"
+    self.z_dim, self.z_dist = m.z_dim, m.z_dist
+    self.image_channels = m.get("image_channels", 1 if self.bigan_mlp else 3)
+    self.image_size = train.image_size(config)
+    self.generator_resolution = m.image_size if self.bigan_mlp else m.generator.resolution
+    self.has_encoder = networks.encoder is not None
+    # Every chunk is split evenly over the mesh.
+    self.batch_size = -(-batch_size // mesh.size) * mesh.size
+    self.variables, self.step = None, None
+    self.replicated = train.replicated(mesh)
+    self._data = NamedSharding(mesh, P("data"))
+    self.multihost = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+    self._jitted = {}  # shared by the `with_state` copies
+    jit = lambda f: jax.jit(f, out_shardings=self.replicated)
+    self._encode = jit(self.apply_encoder)
+    self._generate = jit(self.apply_generator)
+    self._reconstruct = jit(self.apply_reconstruct)
+    self._discriminate = jit(self.apply_discriminator)
+
+  def with_state(self, state, use_ema: bool = True, step=None) -> "BigBiGAN":
+    """A copy bound to the weights of a training state (sharing the compiled functions)."""
+    bound = copy.copy(self)
+    bound.variables = variables_of(state, use_ema)
+    bound.step = int(np.asarray(state["step"].addressable_data(0)) if step is None else step)
+    return bound
+
+  def cached_jit(self, key, fn):
+    """`jax.jit(fn)` with replicated outputs, compiled once per `key` for this model and its
+    `with_state` copies (for the per-batch functions of extract.py and evaluate.py)."""
+    if key not in self._jitted:
+      self._jitted[key] = jax.jit(fn, out_shardings=self.replicated)
+    return self._jitted[key]
+
+  # -- Pure functions of (variables, global arrays): for jit, and for evaluate.py. --------------
+
+  def apply_encoder(self, variables, images, rng=None) -> dict:
+    """E(x) in inference mode; images in [-1, 1] NHWC at `image_size`. No rng: z_sample = z_mean."""
+    x = train.real_to_model_space(self.config, images)
+    return self.networks.encoder.apply(variables["encoder"], x, train=False,
+                                       rngs=None if rng is None else {"sample": rng})
+
+  def apply_generator(self, variables, z):
+    """G(z) as [N, H, W, C] images in [-1, 1] (the BiGAN MLP's flat [0, 1] vectors reshaped)."""
+    x = self.networks.generator.apply(variables["generator"], z, train=False)
+    if self.bigan_mlp:
+      s = self.generator_resolution
+      x = x.reshape(x.shape[0], s, s, self.image_channels) * 2.0 - 1.0
+    return x
+
+  def apply_reconstruct(self, variables, images):
+    """G(E(x)) from the posterior mean, at G's resolution."""
+    return self.apply_generator(variables, self.apply_encoder(variables, images)["z_mean"])
+
+  def d_view(self, images):
+    """Images as D and G see them: E-resolution inputs average-pooled to G's resolution."""
+    if not self.bigan_mlp and images.shape[-3] != self.generator_resolution:
+      return input_pipeline.d_view(images, self.generator_resolution)
+    return images
+
+  def apply_discriminator(self, variables, images, z) -> dict:
+    """D's scores {score_x, score_z, score_xz} (None where the config has no such term)."""
+    x = train.real_to_model_space(self.config, self.d_view(images))
+    s = self.networks.discriminator.apply(variables["discriminator"], x, z, train=False)
+    return {"score_x": s["s_x"], "score_z": s["s_z"], "score_xz": s["s_xz"]}
+
+  # -- Host helpers. ----------------------------------------------------------------------------
+
+  def to_device(self, local_rows):
+    """This process's rows of a global batch -> a global array sharded along 'data'."""
+    local_rows = np.asarray(local_rows)
+    if not self.multihost:
+      return jax.device_put(local_rows, self._data)
+    shape = (local_rows.shape[0] * jax.process_count(),) + local_rows.shape[1:]
+    return jax.make_array_from_process_local_data(self._data, local_rows, shape)
+
+  def gather(self, local_rows) -> np.ndarray:
+    """This process's rows of a global batch -> the whole global batch, on every process."""
+    if not self.multihost:
+      return np.asarray(local_rows)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local_rows), tiled=True))
+
+  def _local_rows(self, chunk):
+    if not self.multihost:
+      return chunk
+    rows = len(chunk) // jax.process_count()
+    return chunk[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+
+  def _batched(self, fn, *arrays, rng=None):
+    """Runs fn(variables, *chunks[, key]) over fixed-size chunks; returns host arrays of N rows."""
+    if self.variables is None:
+      raise UserError("no weights bound: use bigbigan_jax.load(workdir) or model.with_state(state)")
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+      raise UserError(f"inputs have different batch sizes {[len(a) for a in arrays]}: pass one "
+                      "z per image")
+    outputs = []
+    for index, start in enumerate(range(0, n, self.batch_size)):
+      chunks = []
+      for a in arrays:
+        chunk = np.asarray(a[start:start + self.batch_size], np.float32)
+        pad = self.batch_size - len(chunk)
+        chunk = np.pad(chunk, [(0, pad)] + [(0, 0)] * (chunk.ndim - 1))
+        chunks.append(self.to_device(self._local_rows(chunk)))
+      extra = () if rng is None else (jax.random.fold_in(rng, index),)
+      out = fn(self.variables, *chunks, *extra)
+      outputs.append(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), out))
+    if not outputs:
+      raise UserError("empty input: pass at least one example")
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outputs)
+
+  def _check_images(self, images, resolutions, what):
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[1] not in resolutions \
+        or images.shape[3] != self.image_channels:
+      raise UserError(f"{what} expects float images [N, S, S, {self.image_channels}] in [-1, 1] "
+                      f"with S in {sorted(set(resolutions))}, got shape {images.shape}; use "
+                      "model.preprocess(uint8_images) first")
+    return images
+
+  def require_encoder(self):
+    """Raises a UserError in GAN mode (no encoder)."""
+    if not self.has_encoder:
+      raise UserError("this checkpoint has no encoder (GAN mode, model.encoder.enabled=False): "
+                      "only generate() and discriminate() are available")
+
+  # -- The hub-module interface. ----------------------------------------------------------------
+
+  def encode(self, images, seed: int = 0) -> dict:
+    """E(x): {avepool_feat, bn_crelu_feat, z_mean, z_stdev, z_sample} for [N, S, S, C] in [-1, 1].
+
+    z_sample = z_mean + z_stdev * eps with eps drawn from `seed` (deterministic per call).
+    """
+    self.require_encoder()
+    images = self._check_images(images, (self.image_size,), "encode")
+    return self._batched(self._encode, images, rng=jax.random.key(seed))
+
+  def generate(self, z) -> np.ndarray:
+    """G(z): [N, z_dim] latents -> [N, H, W, C] images in [-1, 1] at G's resolution."""
+    z = np.asarray(z, np.float32)
+    if z.ndim != 2 or z.shape[1] != self.z_dim:
+      raise UserError(f"generate expects z of shape [N, {self.z_dim}], got {z.shape}")
+    return self._batched(self._generate, z)
+
+  def reconstruct(self, images) -> np.ndarray:
+    """G(E(x)) from z_mean, at G's resolution."""
+    self.require_encoder()
+    images = self._check_images(images, (self.image_size,), "reconstruct")
+    return self._batched(self._reconstruct, images)
+
+  def discriminate(self, images, z) -> dict:
+    """D(x, z): {score_x, score_z, score_xz}, each [N] (None where the config lacks the term).
+
+    Images at G's resolution, or at E's (average-pooled for D as in training).
+    """
+    images = self._check_images(images, (self.generator_resolution, self.image_size),
+                                "discriminate")
+    z = np.asarray(z, np.float32)
+    if z.shape != (len(images), self.z_dim):
+      raise UserError(f"discriminate expects z of shape [{len(images)}, {self.z_dim}], "
+                      f"got {z.shape}")
+    return self._batched(self._discriminate, images, z)
+
+  def sample_z(self, n: int, seed: int = 0) -> np.ndarray:
+    """n latents from the prior P_z the model was trained with."""
+    return np.asarray(train.sample_z(jax.random.key(seed), (n, self.z_dim), self.z_dist))
+
+  def preprocess(self, images) -> np.ndarray:
+    """uint8 images of any size -> float32 [N, S, S, C] in [-1, 1] at E's resolution.
+
+    Central square crop and bicubic resize (as the evaluation pipeline). Accepts a batch
+    [N, H, W, C] or [N, H, W] (grayscale), or a list of [H, W, C] / [H, W] images of any sizes;
+    converts gray <-> RGB (ITU-R 601 luma) to the model's channels and drops an alpha channel.
+    """
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4):
+      images = list(images)
+    out = []
+    for image in images:
+      image = np.asarray(image)
+      if image.ndim == 2:
+        image = image[:, :, None]
+      if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise UserError(f"cannot preprocess an image of shape {image.shape}: pass uint8 "
+                        "[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] images")
+      image = match_channels(image[:, :, :3].astype(np.float32), self.image_channels)
+      image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+      out.append(input_pipeline.preprocess(image, self.image_size, "center", None))
+    return np.stack(out)
+
+
+def match_channels(images, channels: int):
+  """[..., C] images with C in (1, 3) -> `channels` (1: ITU-R 601 luma, 3: gray repeated)."""
+  have = images.shape[-1]
+  if have == channels:
+    return images
+  if have == 1 and channels == 3:
+    return np.repeat(images, 3, axis=-1)
+  if have == 3 and channels == 1:
+    return (images @ np.asarray([0.299, 0.587, 0.114], images.dtype))[..., None]
+  raise UserError(f"cannot convert {have}-channel images to the model's {channels} channels; "
+                  "use a dataset with 1 or 3 channels")
+

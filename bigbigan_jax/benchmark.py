@@ -1,0 +1,188 @@
+"""Measures training speed and memory: img/s, step times, FLOPs, MFU and compiled memory.
+
+  python -m bigbigan_jax.benchmark --config=configs/base.py:runlocal [--steps=10]
+  python -m bigbigan_jax.benchmark --config=configs/base.py:variant=revnet_x4 --compile_only \
+      --component=encoder [--config.model.encoder.reversible_backward=False]
+  python -m bigbigan_jax.benchmark --config=configs/mnist.py --input_only
+
+The last line printed is one JSON object. Times are medians over `--steps` after warm-up.
+`--compile_only` lowers and compiles from abstract shapes (nothing allocated), so paper-size
+models can be sized on a CPU. An iteration is `d_steps` D updates plus one E/G update;
+`img_per_s` counts the real images of the global batch consumed per iteration.
+"""
+
+import json
+import statistics
+import time
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigbigan_jax import checkpoint
+from bigbigan_jax import cli
+from bigbigan_jax import errors
+from bigbigan_jax import input_pipeline
+from bigbigan_jax import models
+from bigbigan_jax import train
+from bigbigan_jax import validation
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 10, "Timed iterations (after 2 warm-up iterations).")
+flags.DEFINE_bool("compile_only", False, "Only lower and compile; report FLOPs and memory.")
+flags.DEFINE_float("peak_tflops", None, "Peak dense TFLOP/s of one device (for MFU).")
+flags.DEFINE_enum("component", "all", ["all", "encoder"],
+                  "'encoder': E's forward + backward alone (e.g. for the RevNet memory saving).")
+flags.DEFINE_bool("input_only", False, "Measure the input pipeline alone (img/s on this host).")
+cli.define_config_flag()
+
+# Peak dense bf16 TFLOP/s per device, by substrings of `device_kind`.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+               "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0}
+
+
+def peak_tflops(device) -> float | None:
+  for name, peak in PEAK_TFLOPS.items():
+    if name.lower() in device.device_kind.lower():
+      return peak
+  return None
+
+
+def _compiled_stats(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  # The compiled SPMD program is one device's share: scale FLOPs to the whole mesh.
+  return {"flops_per_iter": float(cost.get("flops", 0.0)) * jax.device_count() if cost else None,
+          "temp_bytes": int(memory.temp_size_in_bytes) if memory else None,
+          "argument_bytes": int(memory.argument_size_in_bytes) if memory else None}
+
+
+def _median_time(fn, steps: int) -> float:
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def benchmark_encoder(config) -> dict:
+  """Compiles (and unless compile_only, times) E's forward + backward on a global batch."""
+  mesh = train.make_mesh()
+  networks = models.build(config)
+  if networks.encoder is None:
+    raise errors.UserError("this config has no encoder (GAN mode); drop --component=encoder")
+  shapes = models.input_shapes(config, config.batch_size)
+  variables = jax.eval_shape(lambda: models.init_variables(networks, config, jax.random.key(0)))
+  e_vars = checkpoint.with_shardings(variables["encoder"], train.replicated(mesh))
+  x = jax.ShapeDtypeStruct(shapes["x_e"], jnp.float32,
+                           sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+  def loss_and_grad(v, x):
+    def loss(params):
+      out, _ = networks.encoder.apply({**v, "params": params}, x, train=True,
+                                      rngs={"sample": jax.random.key(0)}, mutable=["batch_stats"])
+      return jnp.sum(out["z_sample"].astype(jnp.float32) ** 2)
+    return jax.grad(loss)(v["params"])
+
+  fn = jax.jit(loss_and_grad)
+  start = time.perf_counter()
+  compiled = fn.lower(e_vars, x).compile()
+  result = {"component": "encoder", "compile_s": time.perf_counter() - start,
+            **_compiled_stats(compiled)}
+  if not FLAGS.compile_only:
+    real_vars = jax.jit(lambda: models.init_variables(networks, config, jax.random.key(0)),
+                        out_shardings=train.replicated(mesh))()["encoder"]
+    images = jnp.zeros(shapes["x_e"], jnp.float32)
+    jax.block_until_ready(compiled(real_vars, images))
+    result["fwd_bwd_s"] = _median_time(lambda: compiled(real_vars, images), FLAGS.steps)
+  return result
+
+
+def benchmark_step(config) -> dict:
+  """Compiles and times the full training iteration and its D and E/G halves."""
+  mesh, networks, optimizers, step_fn = train.setup(config)
+  res = train.image_size(config)
+  c = config.model.image_channels if config.model.get("family", "bigbigan") == "bigbigan" else 1
+  d_steps, batch = config.optim.d_steps, config.batch_size
+  state_shape = checkpoint.with_shardings(train.abstract_state(networks, optimizers, config),
+                                          train.replicated(mesh))
+  images_shape = jax.ShapeDtypeStruct((d_steps, batch, res, res, c), jnp.float32,
+                                      sharding=train.batch_sharding(mesh))
+  start = time.perf_counter()
+  compiled = step_fn.lower(state_shape, images_shape).compile()
+  result = {"compile_s": time.perf_counter() - start, **_compiled_stats(compiled)}
+  if FLAGS.compile_only:
+    return result
+
+  state = train.fresh_state(networks, optimizers, config, mesh)
+  images = train.global_images([np.zeros((batch // jax.process_count(), res, res, c),
+                                         np.float32)] * d_steps, mesh)
+  for _ in range(2):  # warm-up
+    state, metrics = compiled(state, images)
+  jax.block_until_ready(metrics)
+  holder = {"state": state}
+
+  def iteration():
+    holder["state"], m = compiled(holder["state"], images)
+    return m
+
+  result["iter_s"] = _median_time(iteration, FLAGS.steps)
+  raw = train.make_train_step(networks, optimizers, config, mesh)
+  key = jax.random.key(0)
+  rep = train.replicated(mesh)
+  for name in ("d_update", "eg_update"):
+    half = jax.jit(getattr(raw, name), out_shardings=(rep, rep), donate_argnums=0)
+    holder["state"], m = half(holder["state"], images[0], key)
+    jax.block_until_ready(m)
+
+    def run_half(half=half):
+      holder["state"], m = half(holder["state"], images[0], key)
+      return m
+
+    result[f"{name.split('_')[0]}_step_s"] = _median_time(run_half, FLAGS.steps)
+  result["img_per_s"] = batch / result["iter_s"]
+  result["img_per_s_per_device"] = result["img_per_s"] / jax.device_count()
+  return result
+
+
+def benchmark_input(config) -> dict:
+  """Images per second the input pipeline delivers on this host."""
+  it = input_pipeline.create_train_iterator(
+      config.data, image_size=train.image_size(config), global_batch_size=config.batch_size,
+      seed=config.seed)
+  next(it)
+  start, count = time.perf_counter(), 0
+  for _ in range(max(FLAGS.steps, 5)):
+    count += len(next(it)["image"])
+  return {"component": "input", "input_img_per_s": count / (time.perf_counter() - start)}
+
+
+def main(argv):
+  del argv
+  config = cli.config()
+  validation.validate(config, num_devices=jax.device_count())
+  device = jax.devices()[0]
+  result = {"device": device.device_kind, "platform": device.platform,
+            "num_devices": jax.device_count(), "dtype": config.dtype,
+            "batch_size": config.batch_size}
+  if FLAGS.input_only:
+    result.update(benchmark_input(config))  # compare with the step benchmark's img_per_s
+  elif FLAGS.component == "encoder":
+    result.update(benchmark_encoder(config))
+  else:
+    result.update(benchmark_step(config))
+    peak = FLAGS.peak_tflops or peak_tflops(device)
+    if "iter_s" in result and result.get("flops_per_iter"):
+      result["tflops_achieved"] = result["flops_per_iter"] / result["iter_s"] / 1e12
+      result["mfu"] = (result["tflops_achieved"] / (peak * jax.device_count())) if peak else None
+    else:
+      result.setdefault("tflops_achieved", None)
+      result.setdefault("mfu", None)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  cli.run(main)
