@@ -49,7 +49,8 @@ def _lists_to_tuples(value):
 def workdir_of(path: str) -> str:
   """Accepts a training --workdir or its checkpoints/ directory; returns the workdir."""
   path = path.rstrip("/")
-  if os.path.basename(path) == "checkpoints" and not os.path.isdir(os.path.join(path, "checkpoints")):
+  nested = os.path.isdir(os.path.join(path, "checkpoints"))
+  if os.path.basename(path) == "checkpoints" and not nested:
     return os.path.dirname(path) or "."
   return path
 
@@ -241,8 +242,8 @@ class BigBiGAN:
 
   def _check_images(self, images, resolutions, what):
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[1] not in resolutions \
-        or images.shape[3] != self.image_channels:
+    if (images.ndim != 4 or images.shape[1] != images.shape[2]
+        or images.shape[1] not in resolutions or images.shape[3] != self.image_channels):
       raise UserError(f"{what} expects float images [N, S, S, {self.image_channels}] in [-1, 1] "
                       f"with S in {sorted(set(resolutions))}, got shape {images.shape}; use "
                       "model.preprocess(uint8_images) first")

@@ -132,7 +132,8 @@ class Evaluator:
     limit = self.train_examples if name == "train" else None
     return extract.extract_features(model, self.data, split, limit=limit,
                                     reconstruction_error=reconstruction_error,
-                                    progress=self.progress, batches=self._batches(model, name))
+                                    progress=self.progress, batches=self._batches(model, name),
+                                    count=self.counts.get(split))
 
   def __call__(self, model) -> dict:
     """Metrics of a bound `api.BigBiGAN` (GAN mode: the encoder metrics are skipped)."""
@@ -174,7 +175,7 @@ class Evaluator:
         images.append(model.gather(batch["image"])[mask].reshape(int(mask.sum()), -1))
         labels.append(model.gather(batch["label"])[mask])
       features[name] = {"pixels": np.concatenate(images), "labels": np.concatenate(labels)}
-    out = {"step": model.step}
+    out = {"step": model.step or 0}  # pixels have no training step
     out.update(representation_metrics(features, metrics=self.metrics,
                                       num_classes=self.num_classes,
                                       probe_names=(("pixels", "pixels"),)))
@@ -216,7 +217,8 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The command-line flags (defined only when run as a program: main.py has its own --workdir)."""
   flags.DEFINE_string("workdir", None, "Training run directory (or its checkpoints/ directory).")
-  flags.DEFINE_string("metrics", ",".join(METRICS), "Comma-separated subset of " + ",".join(METRICS))
+  flags.DEFINE_string("metrics", ",".join(METRICS),
+                      "Comma-separated subset of " + ",".join(METRICS))
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   flags.DEFINE_string("dataset", None, "TFDS name or folder:/path (default: the run's dataset).")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
@@ -244,13 +246,16 @@ def main(argv):
   if FLAGS.random_init or FLAGS.raw_pixels:
     config = api.load_config(FLAGS.workdir, FLAGS.step)
     networks = models.build(config)
-    state = train.fresh_state(networks, train.create_optimizers(config), config, mesh)
+    model = api.BigBiGAN(config, networks, mesh, batch_size=FLAGS.batch_size)
+    if FLAGS.random_init:
+      model = model.with_state(
+          train.fresh_state(networks, train.create_optimizers(config), config, mesh))
     weights = "random_init" if FLAGS.random_init else "raw_pixels"
   else:
     config, networks, state, _ = api.restore(FLAGS.workdir, FLAGS.step, mesh)
+    model = api.BigBiGAN(config, networks, mesh, batch_size=FLAGS.batch_size).with_state(
+        state, use_ema=FLAGS.ema)
     weights = "ema" if FLAGS.ema else "raw"
-  model = api.BigBiGAN(config, networks, mesh, batch_size=FLAGS.batch_size).with_state(
-      state, use_ema=FLAGS.ema)
   data = extract.data_config_for(config, FLAGS.dataset, FLAGS.data_dir)
   evaluator = Evaluator(model, data, metrics=metrics, train_examples=FLAGS.train_examples,
                         progress=True, cache=False)

@@ -30,15 +30,12 @@ def split_batches(model, data_config, split, *, limit=None):
   `limit`, only the first `limit` examples of the split (in its fixed order) are kept.
   """
   b = model.batch_size
-  count = input_pipeline.dataset_info(data_config).num_examples.get(split)
-  if limit is not None and count is not None:
-    count = min(count, limit)
   # A mesh of this process's devices encodes everything here; a global one shares the work.
   index, processes = (jax.process_index(), jax.process_count()) if model.multihost else (0, 1)
   batches = input_pipeline.eval_batches(data_config, split, image_size=model.image_size,
                                         batch_size=b, process_index=index,
                                         process_count=processes)
-  num_batches = None if count is None else math.ceil(count / b)
+  num_batches = None if limit is None else math.ceil(limit / b)
   local = b // processes
   for k, batch in enumerate(batches):
     if num_batches is not None and k >= num_batches:
@@ -62,7 +59,8 @@ def _progress(iterable, total, description):
 
 
 def extract_features(model, data_config, split, *, limit=None, features=FEATURES,
-                     reconstruction_error=False, progress=False, batches=None) -> dict:
+                     reconstruction_error=False, progress=False, batches=None,
+                     count=None) -> dict:
   """Encodes a split with `model` (a bound `api.BigBiGAN`); returns host arrays of its examples.
 
   Args:
@@ -70,6 +68,8 @@ def extract_features(model, data_config, split, *, limit=None, features=FEATURES
     reconstruction_error: also return 'recon_mse' [N], the per-image mean squared error of
       G(E(x)) (from z_mean) against x as G sees it, in [-1, 1] pixel units.
     batches: pre-loaded output of `split_batches` (the in-training evaluator caches them).
+    count: the split's size if known, for the progress bar (opening a folder dataset to count
+      it rescans the folder).
   Returns:
     {feature: [N, ...], 'labels': [N]} (+ 'recon_mse').
   """
@@ -78,7 +78,8 @@ def extract_features(model, data_config, split, *, limit=None, features=FEATURES
     batches = split_batches(model, data_config, split, limit=limit)
   fn = _feature_fn(model, tuple(features), reconstruction_error)
   if progress:
-    count = input_pipeline.dataset_info(data_config).num_examples.get(split, 0)
+    if count is None:
+      count = input_pipeline.dataset_info(data_config).num_examples.get(split, 0)
     count = count if limit is None else min(count, limit)
     batches = _progress(batches, math.ceil(count / model.batch_size), f"encoding {split}")
   parts = []

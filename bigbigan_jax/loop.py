@@ -149,6 +149,11 @@ def train_and_evaluate(config, workdir: str):
     return state
 
   previews = Previews(config, networks, mesh)
+  evaluator = None
+  if config.get("eval_every", 0) and networks.encoder is not None:
+    from bigbigan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluator = evaluate.make_evaluator(config, networks, mesh)
+  eval_path = os.path.join(workdir, "eval.jsonl")
   d_steps = config.optim.d_steps
   timer = train.Timer(total, config.batch_size * d_steps, start)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
@@ -180,6 +185,12 @@ def train_and_evaluate(config, workdir: str):
               f"d_loss {values['d_loss']:.4f} | eg_loss {values['eg_loss']:.4f}", flush=True)
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
+    if evaluator and (step % config.eval_every == 0 or step == total):
+      results = {k: v for k, v in evaluator(state).items() if isinstance(v, (int, float))}
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
+      if is_main:
+        with open(eval_path, "a") as f:
+          f.write(json.dumps({**results, "step": step, "weights": "ema"}) + "\n")
     preempted = preemption.reached(step)
     if step % config.checkpoint_every == 0 or step == total or preempted:
       ckpt.save(step, state, train_iter.get_state(), config)

@@ -25,8 +25,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID on Inception statistics).
 
   d² = |mu1 - mu2|² + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^½). The trace of the square root is
-  taken as tr((s1^½ s2 s1^½)^½), a symmetric PSD matrix with the same eigenvalues as s1 s2: unlike
-  `scipy.linalg.sqrtm(s1 @ s2)` it never returns complex parts for nearly singular covariances.
+  taken as tr((s1^½ s2 s1^½)^½), of a symmetric PSD matrix with the eigenvalues of s1 s2:
+  unlike `scipy.linalg.sqrtm(s1 @ s2)` it never has complex parts for nearly singular covariances.
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -106,7 +106,7 @@ def fit_logistic_regression(features, labels, l2, init=None, *, num_classes: int
   def keep_going(carry):
     _, state = carry
     count = optax.tree_utils.tree_get(state, "count")
-    grad_norm = optax.tree_utils.tree_l2_norm(optax.tree_utils.tree_get(state, "grad"))
+    grad_norm = optax.tree_utils.tree_norm(optax.tree_utils.tree_get(state, "grad"))
     return (count == 0) | ((count < max_steps) & (grad_norm >= tolerance))
 
   params, _ = jax.lax.while_loop(keep_going, step, (init, opt.init(init)))

@@ -24,7 +24,10 @@ def _base():
   c.checkpoint_every = 5000
   c.keep_checkpoints = 3
   c.image_every = 5000           # sample and reconstruction grids
-  c.eval_every = 0               # in-training evaluation (0 = off)
+  c.eval_every = 0               # in-training evaluation to eval.jsonl (0 = off)
+  c.eval = ml_collections.ConfigDict(dict(
+      metrics="linear_probe,knn,recon", batch_size=256,
+      train_examples=ml_collections.FieldReference(50_000, field_type=int)))  # probe/k-NN bank
   c.skip_nonfinite = False       # True: drop non-finite updates (counted) instead of stopping
 
   c.data = ml_collections.ConfigDict()

@@ -1,0 +1,234 @@
+"""Evaluation: metric math against references, the hub-like API, and the extract/evaluate CLIs.
+
+  - Fréchet distance == the scipy.linalg.sqrtm formula; Inception score on known outputs;
+  - the linear probe recovers a linear labelling; k-NN on a hand-checkable case;
+  - `load()` of a 2-step run reproduces `encoder.apply` on the restored EMA variables;
+  - `extract` writes the documented arrays; `evaluate` prints and logs the documented JSON;
+  - GAN mode (no encoder) evaluates without encoder metrics; FID asks for what is missing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from bigbigan_jax import api
+from bigbigan_jax import checkpoint
+from bigbigan_jax import config_lib
+from bigbigan_jax import evaluate
+from bigbigan_jax import metrics
+from bigbigan_jax import models
+from bigbigan_jax import train
+from bigbigan_jax.errors import UserError
+from cli_helpers import REPO, env_for, run_main
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric math.
+
+def _reference_frechet(mu1, s1, mu2, s2):
+  covmean = scipy.linalg.sqrtm(s1 @ s2).real
+  return np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
+
+
+def test_frechet_distance_matches_scipy_reference():
+  rng = np.random.default_rng(0)
+  for dim in (2, 16, 64):
+    a = rng.normal(size=(500, dim))
+    b = rng.normal(size=(500, dim)) @ rng.normal(size=(dim, dim)) * 0.5 + 1.0
+    mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    np.testing.assert_allclose(metrics.frechet_distance(mu1, s1, mu2, s2),
+                               _reference_frechet(mu1, s1, mu2, s2), rtol=1e-6)
+  assert abs(metrics.frechet_distance(mu1, s1, mu1, s1)) < 1e-6
+  # Two isotropic Gaussians: |mu1 - mu2|^2 + d (sigma1 - sigma2)^2.
+  eye = np.eye(8)
+  np.testing.assert_allclose(metrics.frechet_distance(np.zeros(8), 4 * eye, np.ones(8), eye),
+                             8 + 8 * (2 - 1) ** 2)
+
+
+def test_inception_score_known_cases():
+  mean, std = metrics.inception_score(np.full((1000, 10), 0.1), splits=10)
+  np.testing.assert_allclose([mean, std], [1.0, 0.0], atol=1e-9)
+  one_hot = np.eye(7)[np.arange(700) % 7]  # confident and diverse: IS = number of classes
+  np.testing.assert_allclose(metrics.inception_score(one_hot, splits=5)[0], 7.0, rtol=1e-9)
+  same_class = np.eye(7)[np.zeros(70, int)]  # confident but one class: IS = 1
+  np.testing.assert_allclose(metrics.inception_score(same_class, splits=2)[0], 1.0, rtol=1e-9)
+
+
+def test_linear_probe_recovers_a_linear_labelling():
+  rng = np.random.default_rng(0)
+  scale = rng.uniform(0.1, 10, size=16)  # badly scaled features: the probe standardises them
+  x = rng.normal(size=(3000, 16)) * scale
+  y = np.argmax((x / scale) @ rng.normal(size=(16, 4)), axis=1)
+  result = metrics.linear_probe(x[:2000], y[:2000], x[2000:2500], y[2000:2500],
+                                x[2500:], y[2500:], num_classes=4)
+  assert result["val"] > 0.95 and result["test"] > 0.95, result
+  assert result["l2"] in metrics.L2_GRID
+  # Labels independent of the features: chance level.
+  shuffled = metrics.linear_probe(x[:2000], rng.permutation(y[:2000]), None, None, x[2500:],
+                                  y[2500:], num_classes=4)
+  assert shuffled["test"] < 0.45 and "val" not in shuffled
+
+
+def test_knn_euclidean_and_cosine():
+  bank = np.array([[1.0, 0.0], [10.0, 0.0], [0.0, 1.0], [0.0, 3.0], [0.0, 4.0]])
+  labels = np.array([0, 0, 1, 1, 1])
+  query = np.array([[6.0, 1.0]])  # nearest by distance: (10, 0); by angle: (1, 0) and (10, 0)
+  for metric in ("euclidean", "cosine"):
+    assert metrics.knn_accuracy(bank, labels, query, [0], ks=(1,), metric=metric)[1] == 1.0
+  near_y = metrics.knn_accuracy(bank, labels, [[0.5, 2.0]], [1], ks=(1,), metric="euclidean")
+  assert near_y[1] == 1.0
+  # k=5 majority is class 1 (3 votes to 2) whatever the metric.
+  assert metrics.knn_accuracy(bank, labels, query, [1], ks=(5,), metric="cosine")[5] == 1.0
+  # Separated clusters: every query's neighbours share its class.
+  rng = np.random.default_rng(1)
+  centres = rng.normal(size=(3, 8)) * 5
+  y = rng.integers(0, 3, size=600)
+  x = centres[y] + rng.normal(size=(600, 8))
+  acc = metrics.knn_accuracy(x[:400], y[:400], x[400:], y[400:], ks=(1, 5), chunk=64)
+  assert acc[1] > 0.95 and acc[5] > 0.95, acc
+
+
+def test_fid_is_a_clear_user_error():
+  with pytest.raises(UserError, match="not available yet"):
+    evaluate.parse_metrics("linear_probe,fid")
+  with pytest.raises(UserError, match="unknown metric"):
+    evaluate.parse_metrics("knn,accuracy")
+
+
+# ---------------------------------------------------------------------------------------------
+# A real 2-step run, then the API and the command-line tools on it.
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mnist_data_dir):
+  workdir = str(tmp_path_factory.mktemp("eval_run"))
+  run_main(workdir, mnist_data_dir, "--config.total_steps=2")
+  return workdir
+
+
+def test_load_reproduces_encoder_apply_on_ema_variables(run_dir):
+  model = api.load(os.path.join(run_dir, "checkpoints"), batch_size=4)
+  assert model.step == 2 and model.z_dim == model.config.model.z_dim
+  # The reference: restore the state by hand and apply the encoder to its EMA variables.
+  ckpt = checkpoint.Checkpointer(run_dir, read_only=True)
+  config = api.load_config(run_dir)
+  networks = models.build(config)
+  mesh = api.local_mesh()
+  abstract = checkpoint.with_shardings(
+      train.abstract_state(networks, train.create_optimizers(config), config),
+      train.replicated(mesh))
+  state, _, _ = ckpt.restore(abstract)
+  ckpt.close()
+  variables = {"params": state["ema"]["encoder"], **state["stats"]["encoder"]}
+
+  rng = np.random.default_rng(0)
+  x = model.preprocess(rng.integers(0, 256, size=(10, 28, 28), dtype=np.uint8))  # 10: 3 chunks
+  assert x.shape == (10, 32, 32, 1) and x.min() >= -1 and x.max() <= 1
+  out = model.encode(x)
+  reference = networks.encoder.apply(variables, jnp.asarray(x), train=False)
+  assert set(out) == set(api.ENCODER_OUTPUTS)
+  width = out["avepool_feat"].shape[1]
+  assert out["bn_crelu_feat"].shape == (10, 2 * width)
+  for key in ("avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev"):
+    assert out[key].shape[0] == 10
+    np.testing.assert_allclose(out[key], reference[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  # The stochastic encoder samples z ~ N(z_mean, z_stdev), deterministically per seed.
+  eps = (out["z_sample"] - out["z_mean"]) / out["z_stdev"]
+  assert 0.8 < eps.std() < 1.2 and abs(eps.mean()) < 0.1
+  np.testing.assert_array_equal(model.encode(x)["z_sample"], out["z_sample"])
+
+  z = model.sample_z(5)
+  images = model.generate(z)
+  assert images.shape == (5, 32, 32, 1) and np.abs(images).max() <= 1.0
+  assert model.reconstruct(x).shape == (10, 32, 32, 1)
+  scores = model.discriminate(images, z)
+  assert set(scores) == {"score_x", "score_z", "score_xz"}
+  assert all(v.shape == (5,) for v in scores.values())
+  # RGB input of another size and aspect is converted to the model's one channel.
+  rgb = model.preprocess([rng.integers(0, 256, size=(40, 30, 3), dtype=np.uint8)])
+  assert rgb.shape == (1, 32, 32, 1)
+  with pytest.raises(UserError, match="preprocess"):
+    model.encode(np.zeros((2, 28, 28, 1), np.float32))
+
+
+def _run_cli(module, *flags):
+  result = subprocess.run([sys.executable, "-m", module, *flags], env=env_for(1), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_extract_cli_writes_features_of_a_split(run_dir, tmp_path):
+  out = str(tmp_path / "train_val.npz")
+  _run_cli("bigbigan_jax.extract", f"--workdir={run_dir}", "--split=train_val", f"--out={out}",
+           "--batch_size=64")
+  features = np.load(out)
+  config = api.load_config(run_dir)
+  n = config.data.train_val_size  # 500: not a multiple of 64, so the padding was dropped
+  assert set(features.files) == {"avepool_feat", "bn_crelu_feat", "z_mean", "labels"}
+  width = features["avepool_feat"].shape[1]
+  assert features["avepool_feat"].shape == (n, width)
+  assert features["bn_crelu_feat"].shape == (n, 2 * width)
+  assert features["z_mean"].shape == (n, config.model.z_dim)
+  assert features["labels"].shape == (n,) and set(np.unique(features["labels"])) == set(range(10))
+
+
+def test_evaluate_cli_prints_and_logs_the_metrics(run_dir):
+  result = _run_cli("bigbigan_jax.evaluate", f"--workdir={run_dir}", "--train_examples=1000")
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  required = {"step", "linear_probe_avepool_test", "linear_probe_bn_crelu_test", "nn1_test",
+              "linear_probe_avepool_train_val", "linear_probe_bn_crelu_train_val",
+              "knn1_euclidean_test", "knn5_euclidean_test", "knn1_cosine_test",
+              "knn5_cosine_test", "recon_mse_test"}
+  assert required <= set(record), required - set(record)
+  assert record["step"] == 2 and record["weights"] == "ema"
+  for key in required - {"step", "recon_mse_test"}:
+    assert 0.0 <= record[key] <= 1.0, (key, record[key])
+  # Even 2 steps of training beat chance (0.1) on 10 digits: the features carry the image.
+  assert record["nn1_test"] > 0.2 and record["linear_probe_avepool_test"] > 0.2
+  assert record["nn1_test"] == record["knn1_euclidean_test"]
+  assert 0.0 < record["recon_mse_test"] < 4.0
+  with open(os.path.join(run_dir, "eval.jsonl")) as f:
+    assert json.loads(f.readlines()[-1]) == record
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process evaluators: GAN mode and the raw-pixel baseline.
+
+def _runlocal_config(variant, data_dir):
+  mnist = config_lib.load_sibling_config(os.path.join(REPO, "configs", "x.py"), "mnist")
+  config = mnist.get_config(f"variant={variant},runlocal")
+  config.data.data_dir = data_dir
+  return config
+
+
+def test_gan_mode_evaluator_skips_encoder_metrics(mnist_data_dir):
+  config = _runlocal_config("no_e_gan", mnist_data_dir)
+  networks = models.build(config)
+  mesh = train.make_mesh()
+  # Zeros in the state's shapes: cheaper than compiling the initialisers, and enough here.
+  abstract = train.abstract_state(networks, train.create_optimizers(config), config)
+  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+  assert "encoder" not in state["params"]
+  result = evaluate.make_evaluator(config, networks, mesh)(state)
+  assert result["step"] == 0 and "no encoder" in result["skipped"]
+  assert not any(k.startswith(("linear_probe", "knn", "nn1", "recon")) for k in result)
+
+
+def test_raw_pixel_baseline(mnist_data_dir):
+  config = _runlocal_config("base", mnist_data_dir)
+  model = api.BigBiGAN(config, models.build(config), api.local_mesh(), batch_size=256)
+  evaluator = evaluate.Evaluator(model, config.data, metrics=("knn", "linear_probe"),
+                                 train_examples=1000)
+  result = evaluator.raw_pixels(model)
+  # Pixel 1-NN on MNIST with 1,000 references is far above chance (~0.85-0.9).
+  assert result["nn1_test"] > 0.75, result
+  assert result["linear_probe_pixels_test"] > 0.7, result
+  assert "linear_probe_pixels_train_val" in result
