@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from cli_helpers import env_for, main_command, metrics, run_main, state_arrays
+from cli_helpers import REPO, env_for, main_command, metrics, run_main, state_arrays
 
 
 def test_main_run_writes_checkpoints_metrics_and_images(straight_run):
