@@ -28,8 +28,7 @@ class BottleneckV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda name: layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype, name=name)
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False,
-                                         kernel_init=layers.he_normal, dtype=self.dtype, name=name)
+    conv = lambda f, k, s, name: layers.he_conv(f, k, s, dtype=self.dtype, name=name)
     preact = nn.relu(bn("bn1")(x))
     skip = x
     if self.strides != 1 or x.shape[-1] != 4 * self.features:
@@ -51,8 +50,7 @@ class ResNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = nn.Conv(self.base_width * self.width, (7, 7), (2, 2), padding="SAME", use_bias=False,
-                kernel_init=layers.he_normal, dtype=self.dtype, name="root_conv")(x)
+    h = layers.he_conv(self.base_width * self.width, 7, 2, dtype=self.dtype, name="root_conv")(x)
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
     for stage, num_units in enumerate(self.units):
       for u in range(num_units):

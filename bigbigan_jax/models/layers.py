@@ -19,6 +19,12 @@ orthogonal = nn.initializers.orthogonal
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 
 
+def he_conv(features: int, kernel: int, strides: int = 1, *, dtype, name: str) -> nn.Conv:
+  """The encoder's convolution: SAME padding, no bias (BN follows), He init, no spectral norm."""
+  return nn.Conv(features, (kernel, kernel), (strides, strides), padding="SAME", use_bias=False,
+                 kernel_init=he_normal, dtype=dtype, name=name)
+
+
 class SNDense(nn.Module):
   """A Dense layer whose kernel is divided by its top singular value (one power step per call)."""
   features: int

@@ -31,8 +31,7 @@ class RevBottleneck(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda name: layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype, name=name)
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME", use_bias=False,
-                                      kernel_init=layers.he_normal, dtype=self.dtype, name=name)
+    conv = lambda f, k, name: layers.he_conv(f, k, dtype=self.dtype, name=name)
     h = conv(self.features // 4, 1, "conv1")(nn.relu(bn("bn1")(x)))
     h = conv(self.features // 4, 3, "conv2")(nn.relu(bn("bn2")(h)))
     return conv(self.features, 1, "conv3")(nn.relu(bn("bn3")(h)))
@@ -115,8 +114,8 @@ class RevNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = nn.Conv(4 * self.base_width * self.width, (7, 7), (2, 2), padding="SAME", use_bias=False,
-                kernel_init=layers.he_normal, dtype=self.dtype, name="root_conv")(x)
+    h = layers.he_conv(4 * self.base_width * self.width, 7, 2, dtype=self.dtype,
+                       name="root_conv")(x)
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
     for stage_index, num_units in enumerate(self.units):
       if stage_index:
