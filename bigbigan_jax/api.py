@@ -15,11 +15,13 @@ import copy
 import os
 
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from bigbigan_jax import bigan
 from bigbigan_jax import checkpoint
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
@@ -27,6 +29,7 @@ from bigbigan_jax import train
 from bigbigan_jax.errors import UserError
 
 ENCODER_OUTPUTS = ("avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev", "z_sample")
+FEATURE_OUTPUTS = ("avepool_feat", "bn_crelu_feat", "z_mean")  # what extract.py saves
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +127,9 @@ class BigBiGAN:
 
   Attributes:
     config, networks, mesh, step (of the bound weights), z_dim, image_size (E's input
-    resolution; G's when there is no encoder), generator_resolution, image_channels, has_encoder.
+    resolution; G's when there is no encoder), generator_resolution, image_channels, has_encoder,
+    has_features (an encoder, or the BiGAN "D features" baseline whose `encode` gives D's hidden
+    layer as avepool_feat/bn_crelu_feat), feature_keys (the features `encode` provides).
   """
 
   def __init__(self, config, networks, mesh, batch_size: int = 64):
@@ -136,6 +141,9 @@ class BigBiGAN:
     self.image_size = train.image_size(config)
     self.generator_resolution = m.image_size if self.bigan_mlp else m.generator.resolution
     self.has_encoder = networks.encoder is not None
+    self.features_from_d = not self.has_encoder and bigan.method_of(config) == "d_features"
+    self.has_features = self.has_encoder or self.features_from_d
+    self.feature_keys = FEATURE_OUTPUTS if self.has_encoder else FEATURE_OUTPUTS[:2]
     # Every chunk is split evenly over the mesh.
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.variables, self.step = None, None
@@ -156,6 +164,50 @@ class BigBiGAN:
     bound.step = int(np.asarray(state["step"].addressable_data(0)) if step is None else step)
     return bound
 
+  def with_standing_stats(self, num_batches: int = 16, seed: int = 1) -> "BigBiGAN":
+    """A copy whose G uses "standing statistics" (BigGAN, Brock et al. 2019) in its batch norms.
+
+    G runs in training mode on `num_batches` batches of `batch_size` latents from the prior
+    (drawn from `seed`); every BN layer's mean and variance become the plain average of its
+    per-batch moments over those batches, not a momentum average, and replace the running
+    statistics of the bound weights. Only G's `batch_stats` change; the spectral-norm state is
+    read, not updated; E and D are untouched.
+
+    The per-batch moments are recovered without knowing each layer's momentum m: one pass from
+    all-zero statistics stores (1 - m) * moment, one more pass (the first batch, from statistics
+    all equal to S = 2^20) stores m S + (1 - m) * moment, and the difference of the two is m S
+    (a large S keeps m exact to float32 precision whatever the size of the moments).
+    """
+    if self.variables is None:
+      raise UserError("no weights bound: use bigbigan_jax.load(workdir) or model.with_state(state)")
+    if "batch_stats" not in self.variables["generator"] or num_batches < 1:
+      return self
+    generator = self.networks.generator
+
+    def updated_stats(variables, z, start):
+      g = variables["generator"]
+      stats = jax.tree.map(lambda s: jnp.full_like(s, start), g["batch_stats"])
+      _, new = generator.apply({**g, "batch_stats": stats}, z, train=True, mutable=True)
+      return new["batch_stats"]
+
+    fn = self.cached_jit("standing_stats", updated_stats)
+    z = self.sample_z(num_batches * self.batch_size, seed).reshape(
+        num_batches, self.batch_size, self.z_dim)
+    total = None
+    for k in range(num_batches):
+      scaled = fn(self.variables, self.to_device(self._local_rows(z[k])), jnp.float32(0.0))
+      total = scaled if total is None else jax.tree.map(jnp.add, total, scaled)
+      if k == 0:
+        probe = 2.0 ** 20
+        from_probe = fn(self.variables, self.to_device(self._local_rows(z[0])),
+                        jnp.float32(probe))
+        one_minus_m = jax.tree.map(lambda a, b: 1.0 - (b - a) / probe, scaled, from_probe)
+    stats = jax.tree.map(lambda t, w: t / (w * num_batches), total, one_minus_m)
+    bound = copy.copy(self)
+    bound.variables = {**self.variables,
+                       "generator": {**self.variables["generator"], "batch_stats": stats}}
+    return bound
+
   def cached_jit(self, key, fn):
     """`jax.jit(fn)` with replicated outputs, compiled once per `key` for this model and its
     `with_state` copies (for the per-batch functions of extract.py and evaluate.py)."""
@@ -168,16 +220,18 @@ class BigBiGAN:
   def apply_encoder(self, variables, images, rng=None) -> dict:
     """E(x) in inference mode; images in [-1, 1] NHWC at `image_size`. No rng: z_sample = z_mean."""
     x = train.real_to_model_space(self.config, images)
+    if self.features_from_d:  # the "D features" baseline: D's last hidden layer
+      h = self.networks.discriminator.apply(variables["discriminator"], x, None,
+                                            train=False)["features"]
+      return {"avepool_feat": h, "bn_crelu_feat": jnp.concatenate([jnp.maximum(h, 0),
+                                                                   jnp.maximum(-h, 0)], -1)}
     return self.networks.encoder.apply(variables["encoder"], x, train=False,
                                        rngs=None if rng is None else {"sample": rng})
 
   def apply_generator(self, variables, z):
     """G(z) as [N, H, W, C] images in [-1, 1] (the BiGAN MLP's flat [0, 1] vectors reshaped)."""
     x = self.networks.generator.apply(variables["generator"], z, train=False)
-    if self.bigan_mlp:
-      s = self.generator_resolution
-      x = x.reshape(x.shape[0], s, s, self.image_channels) * 2.0 - 1.0
-    return x
+    return bigan.flat_to_images(self.config, x) if self.bigan_mlp else x
 
   def apply_reconstruct(self, variables, images):
     """G(E(x)) from the posterior mean, at G's resolution."""
@@ -249,9 +303,9 @@ class BigBiGAN:
                       "model.preprocess(uint8_images) first")
     return images
 
-  def require_encoder(self):
-    """Raises a UserError in GAN mode (no encoder)."""
-    if not self.has_encoder:
+  def require_encoder(self, features_only: bool = False):
+    """Raises a UserError in GAN mode (no encoder; `features_only`: unless D gives features)."""
+    if not (self.has_features if features_only else self.has_encoder):
       raise UserError("this checkpoint has no encoder (GAN mode, model.encoder.enabled=False): "
                       "only generate() and discriminate() are available")
 
@@ -262,7 +316,7 @@ class BigBiGAN:
 
     z_sample = z_mean + z_stdev * eps with eps drawn from `seed` (deterministic per call).
     """
-    self.require_encoder()
+    self.require_encoder(features_only=True)
     images = self._check_images(images, (self.image_size,), "encode")
     return self._batched(self._encode, images, rng=jax.random.key(seed))
 

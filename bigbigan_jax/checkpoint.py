@@ -1,12 +1,16 @@
 """Checkpoints with orbax: the whole training state, the data iterator's position and the config.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data,config}`. Saves are asynchronous (training
-continues while arrays are written) and atomic: orbax writes into a temporary directory and
-renames it when complete, so a crash never leaves a half-written step that restore would load.
+continues while arrays are written) and atomic: orbax writes `<step>.orbax-checkpoint-tmp/` and
+renames it to `<step>/` only when every item is complete, so a crash (even SIGKILL in the middle
+of a save) never leaves a half-written step that restore would load. A training run that finds
+such a leftover temporary directory moves it to `checkpoints_unreadable/`, says so, and resumes
+from the newest complete step (tested in tests/test_reliability.py).
 """
 
 import json
 import os
+import re
 import time
 
 from absl import logging
@@ -16,6 +20,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from bigbigan_jax.errors import UserError
+
+# orbax's name for a step that is still being written (or whose save was interrupted).
+_INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -33,8 +40,16 @@ class Checkpointer:
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f"no checkpoints under {self.directory}; pass the --workdir of a training "
                       "run (or its checkpoints/ directory)")
+    incomplete = [] if read_only else self._set_aside_incomplete()
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "config"))
+    if incomplete:
+      latest = self.manager.latest_step()
+      resume = (f"resuming from step {latest}, the newest complete checkpoint"
+                if latest is not None else "no complete checkpoint is left, starting from step 0")
+      print(f"warning: the save of step {', '.join(map(str, incomplete))} never completed (the "
+            f"run stopped while writing it); moved it to {self.directory}_unreadable/ and "
+            f"{resume}", flush=True)
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -75,6 +90,22 @@ class Checkpointer:
       return restored["state"], restored["data"], s
     raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
                     "move the broken step directories away or start a new --workdir")
+
+  def _set_aside_incomplete(self):
+    """Moves the temporary directories of interrupted saves (never loaded by orbax, but left on
+    disk by a crash) to `checkpoints_unreadable/`; returns their steps (on process 0)."""
+    steps = []
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in sorted(os.listdir(self.directory)):
+        match = _INCOMPLETE.match(name)
+        if match:
+          os.makedirs(self.directory + "_unreadable", exist_ok=True)
+          os.rename(os.path.join(self.directory, name),
+                    os.path.join(self.directory + "_unreadable", f"{name}-{int(time.time())}"))
+          steps.append(int(match.group(1)))
+    # No barrier needed: orbax never lists temporary directories, and the next save (by the
+    # primary process) comes after collectives that this process takes part in.
+    return sorted(steps)
 
   def _set_aside(self, steps):
     """Moves unreadable step directories out of the way (never deletes them), so that training

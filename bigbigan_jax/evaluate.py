@@ -1,7 +1,9 @@
-"""Representation-learning evaluation of a run: linear probe, k-NN, reconstruction (SPEC §7).
+"""Evaluation of a run: linear probe, k-NN, reconstruction, FID and IS (SPEC §7).
 
   python -m bigbigan_jax.evaluate --workdir=runs/mnist [--metrics=linear_probe,knn,recon]
       [--step=K] [--data_dir=DIR] [--train_examples=N] [--random_init | --raw_pixels]
+  python -m bigbigan_jax.evaluate --workdir=runs/mnist --metrics=fid,is
+      --inception_weights=pt_inception-2015-12-05-6726825d.pth [--num_fid_samples=N]
 
 Prints one JSON object as its last line and appends it to WORKDIR/eval.jsonl. Accuracies are
 fractions. The probes train on the train split minus train_val, pick their L2 strength on
@@ -11,24 +13,38 @@ as `*_test`):
   linear_probe_{avepool,bn_crelu}_{train_val,test}   softmax regression on standardised features
   nn1_test, knn{1,5}_{euclidean,cosine}_test          k-NN on avepool_feat, train split as the bank
   recon_mse_test                                      mean (G(E(x)) - x)^2 in [-1, 1] pixel units
+  fid, is, is_std                                     G's samples (EMA weights, standing BN
+                                                      statistics) vs the evaluation split
+
+FID/IS use the FID Inception-v3 (inception.py) with pytorch-fid's weights file, never downloaded;
+the evaluation split's Inception statistics are computed once and cached in
+WORKDIR/fid_reference_<dataset>_<split>_<resolution>.npz.
 
 Baselines for the "does it learn" check: `--random_init` (same architecture, fresh weights) and
 `--raw_pixels` (the probes on pixels: linear_probe_pixels_*, nn1_test, knn*). A GAN-mode run (no
 encoder) has no encoder metrics; they are listed under 'skipped'.
+
+BiGAN (2017) runs (configs/bigan_mnist.py) also report the paper's two 1-NN numbers side by side
+with raw pixels on the same split: nn1_test (E's penultimate layer; D's hidden layer for the
+d_features baseline), nn1_z_test (E(x)) and nn1_pixels_test.
 """
 
+import copy
 import json
 import os
+import re
 import time
 
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bigbigan_jax import api
 from bigbigan_jax import cli
 from bigbigan_jax import extract
+from bigbigan_jax import inception as inception_lib
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import metrics as metrics_lib
 from bigbigan_jax import models
@@ -36,7 +52,9 @@ from bigbigan_jax import train
 from bigbigan_jax.errors import UserError
 
 METRICS = ("linear_probe", "knn", "recon")
-NOT_YET = ("fid", "is")
+GENERATION_METRICS = ("fid", "is")  # need --inception_weights
+STANDING_STATS_BATCHES = 16  # batches of z for G's standing BN statistics
+FID_SEED = 0  # the generated samples' latents (fixed: checkpoints are compared on the same z)
 KNN_KS = (1, 5)
 PROBE_FEATURES = (("avepool", "avepool_feat"), ("bn_crelu", "bn_crelu_feat"))
 # The in-training evaluator keeps a split's images in host memory below this size.
@@ -48,23 +66,21 @@ def parse_metrics(names) -> tuple:
   if isinstance(names, str):
     names = [n.strip() for n in names.split(",") if n.strip()]
   for name in names:
-    if name in NOT_YET:
-      raise UserError(f"--metrics={name} is not available yet (no Inception-v3 port; "
-                      "metrics.frechet_distance/inception_score take your own Inception "
-                      f"outputs): use --metrics={','.join(METRICS)}")
-    if name not in METRICS:
+    if name not in METRICS + GENERATION_METRICS:
       raise UserError(f"unknown metric {name!r}: use a comma-separated subset of "
-                      f"{','.join(METRICS)}")
+                      f"{','.join(METRICS + GENERATION_METRICS)}")
   return tuple(names)
 
 
-def representation_metrics(features, *, metrics, num_classes, probe_names) -> dict:
+def representation_metrics(features, *, metrics, num_classes, probe_names,
+                           extra_nn1=()) -> dict:
   """The label-based metrics from per-split features {'train'|'train_val'|'test': {...}}.
 
   Args:
     features: split -> {feature key: [N, D], 'labels': [N]}; 'train_val' may be missing.
     metrics: a subset of ('linear_probe', 'knn').
     probe_names: (result name, feature key) pairs; k-NN uses the first.
+    extra_nn1: (result name, feature key) pairs that also get a Euclidean 1-NN, nn1_<name>_test.
   """
   tr, val, te = features["train"], features.get("train_val"), features["test"]
   out = {}
@@ -86,6 +102,10 @@ def representation_metrics(features, *, metrics, num_classes, probe_names) -> di
       for k, value in accuracy.items():
         out[f"knn{k}_{metric}_test"] = value
     out["nn1_test"] = out["knn1_euclidean_test"]
+    for name, key in extra_nn1:
+      out[f"nn1_{name}_test"] = metrics_lib.knn_accuracy(
+          tr[key], tr["labels"], te[key], te["labels"], ks=(1,), metric="euclidean",
+          num_classes=num_classes)[1]
   return out
 
 
@@ -93,9 +113,20 @@ class Evaluator:
   """Evaluates bound models on one dataset; keeps small splits' images in memory between calls."""
 
   def __init__(self, model, data_config, *, metrics=METRICS, train_examples=None,
-               progress=False, cache=True):
+               progress=False, cache=True, inception=None, num_fid_samples=10_000,
+               standing_stats=True, reference_dir=None):
+    """FID/IS arguments: `inception` (an `inception.Inception`, required by 'fid' and 'is'),
+    `num_fid_samples` generated images, `standing_stats` (recompute G's BN statistics first, see
+    `api.BigBiGAN.with_standing_stats`), `reference_dir` (where the real split's Inception
+    statistics are cached as fid_reference_<dataset>_<split>_<resolution>.npz; None: in memory).
+    """
     self.model, self.data = model, data_config
     self.metrics = parse_metrics(metrics)
+    self.generation = [m for m in self.metrics if m in GENERATION_METRICS]
+    if self.generation and inception is None:
+      raise UserError(f"--metrics={','.join(self.generation)} needs the FID Inception-v3 "
+                      "weights: pass --inception_weights=PATH (pytorch-fid's "
+                      f"{inception_lib.WEIGHTS_FILE} or an .npz of it; nothing is downloaded)")
     self.train_examples, self.progress = train_examples, progress
     info = input_pipeline.dataset_info(data_config)
     self.num_classes = info.num_classes
@@ -103,15 +134,21 @@ class Evaluator:
     self.splits = {"train": data_config.train_split, "train_val": "train_val",
                    "test": data_config.eval_split}
     self._cache = {} if cache else None
+    self._pixel_nn1 = None  # BiGAN runs: raw-pixel 1-NN, computed once
+    self.inception, self.num_fid_samples = inception, num_fid_samples
+    self.standing_stats, self.reference_dir = standing_stats, reference_dir
+    self._inception_variables = None  # on the model's devices, placed once
+    self._fid_reference = None  # (key, mu, sigma) of the real split
 
-  def _needed_splits(self, encoder: bool):
+  def _needed_splits(self, encoder: bool, metrics=None):
+    metrics = self.metrics if metrics is None else metrics
     labelled = self.num_classes is not None and self.num_classes > 1
     needed = set()
-    if labelled and {"linear_probe", "knn"} & set(self.metrics):
+    if labelled and {"linear_probe", "knn"} & set(metrics):
       needed |= {"train", "test"}
-      if "linear_probe" in self.metrics and self.counts.get("train_val", 0) > 0:
+      if "linear_probe" in metrics and self.counts.get("train_val", 0) > 0:
         needed.add("train_val")
-    if encoder and "recon" in self.metrics:
+    if encoder and "recon" in metrics:
       needed.add("test")
     return sorted(needed), labelled
 
@@ -139,29 +176,128 @@ class Evaluator:
     """Metrics of a bound `api.BigBiGAN` (GAN mode: the encoder metrics are skipped)."""
     start = time.perf_counter()
     out = {"step": model.step}
-    if not model.has_encoder:
-      out["skipped"] = "no encoder (GAN mode): " + ",".join(self.metrics)
+    if self.generation:
+      out.update(self.generation_metrics(model))
+    representation = [m for m in self.metrics if m not in GENERATION_METRICS]
+    if not model.has_features or not representation:
+      if representation:
+        out["skipped"] = "no encoder (GAN mode): " + ",".join(representation)
+      if self.generation:
+        out["eval_seconds"] = time.perf_counter() - start
       return out
-    needed, labelled = self._needed_splits(encoder=True)
+    needed, labelled = self._needed_splits(encoder=model.has_encoder)
     features = {}
+    recon_metric = "recon" in self.metrics and model.has_encoder
     for name in needed:
-      recon = name == "test" and "recon" in self.metrics
+      recon = name == "test" and recon_metric
       features[name] = self._features(model, name, reconstruction_error=recon)
-    if "recon" in self.metrics:
+    if recon_metric:
       out["recon_mse_test"] = float(np.mean(features["test"].pop("recon_mse")))
     if labelled:
-      out.update(representation_metrics(features, metrics=self.metrics,
-                                        num_classes=self.num_classes,
-                                        probe_names=PROBE_FEATURES))
+      bigan_nn1 = model.bigan_mlp and "knn" in self.metrics
+      out.update(representation_metrics(
+          features, metrics=self.metrics, num_classes=self.num_classes,
+          probe_names=PROBE_FEATURES,
+          extra_nn1=(("z", "z_mean"),) if bigan_nn1 and model.has_encoder else ()))
+      if bigan_nn1:
+        if self._pixel_nn1 is None:
+          self._pixel_nn1 = self.raw_pixels(model, metrics=("knn",))["nn1_test"]
+        out["nn1_pixels_test"] = self._pixel_nn1
     elif {"linear_probe", "knn"} & set(self.metrics):
       out["skipped"] = "the dataset has no class labels: linear_probe,knn"
     out["eval_seconds"] = time.perf_counter() - start
     return out
 
-  def raw_pixels(self, model) -> dict:
+  # -- FID and IS. --------------------------------------------------------------------------
+
+  def generation_metrics(self, model) -> dict:
+    """FID and/or IS of `num_fid_samples` images of the bound G (the EMA weights when bound so).
+
+    With `standing_stats`, G's BN statistics are first recomputed on fresh latents. Generated and
+    real images are rounded to 8 bits (as saved images would be) before the Inception network;
+    real images are the evaluation split at G's resolution (E-resolution images average-pooled as
+    D sees them). FID compares the pool3 statistics; IS is the mean (is_std: the std) over 10
+    splits of the softmax of the 1008 unbiased logits (see inception.py).
+    """
+    n = int(self.num_fid_samples)
+    if n < 10:
+      raise UserError(f"eval.num_fid_samples={n}: FID/IS need at least 10 generated images")
+    if self._inception_variables is None:
+      self._inception_variables = jax.device_put(self.inception.variables, model.replicated)
+    generator = (model.with_standing_stats(STANDING_STATS_BATCHES) if self.standing_stats
+                 else model)
+    features = self.inception.features
+
+    def generated_fn(variables, z):
+      images = _eight_bit(model.apply_generator(variables, z))
+      return features(variables["inception"], images)
+
+    # G and the Inception network in one jitted function: the images never leave the devices.
+    runner = copy.copy(generator)
+    runner.variables = {**generator.variables, "inception": self._inception_variables}
+    fn = model.cached_jit(("fid_generated", self.inception), generated_fn)
+    out = runner._batched(fn, model.sample_z(n, FID_SEED))  # pylint: disable=protected-access
+    result = {"fid_samples": n, "standing_stats": bool(self.standing_stats)}
+    if "fid" in self.generation:
+      mu, sigma = self._real_statistics(model)
+      pool = out["pool"].astype(np.float64)
+      result["fid"] = metrics_lib.frechet_distance(pool.mean(axis=0), np.cov(pool, rowvar=False),
+                                                   mu, sigma)
+    if "is" in self.generation:
+      result["is"], result["is_std"] = metrics_lib.inception_score(out["probs"], splits=10)
+    return result
+
+  def _real_statistics(self, model):
+    """(mu, sigma) of the evaluation split's pool3 features: computed once, then cached."""
+    split = self.splits["test"]
+    resolution = model.generator_resolution
+    key = json.dumps({"dataset": self.data.dataset, "split": split, "resolution": resolution,
+                      "examples": self.counts.get(split), "channels": model.image_channels,
+                      "inception": self.inception.fingerprint}, sort_keys=True)
+    if self._fid_reference is not None and self._fid_reference[0] == key:
+      return self._fid_reference[1:]
+    path = None
+    # A file cache only for a process-local mesh: in a multi-host run every process must take
+    # part in the same computations, and a file that only some hosts see would break that.
+    if self.reference_dir and not model.multihost:
+      name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.data.dataset}_{split}").strip("_")
+      path = os.path.join(self.reference_dir, f"fid_reference_{name}_{resolution}.npz")
+      if os.path.exists(path):
+        with np.load(path) as cached:
+          if str(cached["key"]) == key:
+            self._fid_reference = (key, cached["mu"], cached["sigma"])
+            return self._fid_reference[1:]
+        logging.warning("%s was computed with another dataset, image format or Inception "
+                        "weights: recomputing it", path)
+    features = self.inception.features
+
+    def real_fn(inception_variables, images):
+      return features(inception_variables, _eight_bit(model.d_view(images)))["pool"]
+
+    fn = model.cached_jit(("fid_real", self.inception), real_fn)
+    batches = self._batches(model, "test") or extract.split_batches(model, self.data, split)
+    if self.progress:
+      total = -(-self.counts.get(split, 0) // model.batch_size)
+      batches = extract._progress(  # pylint: disable=protected-access
+          batches, total, f"Inception features of {split}")
+    moments = _Moments()
+    for batch in batches:
+      pool = np.asarray(fn(self._inception_variables,
+                           model.to_device(batch["image"])).addressable_data(0))
+      moments.add(pool[model.gather(batch["mask"])])
+    mu, sigma = moments.statistics()
+    if path is not None and jax.process_index() == 0:
+      tmp = path + ".tmp.npz"
+      np.savez(tmp, mu=mu, sigma=sigma, key=np.asarray(key), num_examples=moments.n)
+      os.replace(tmp, path)
+    self._fid_reference = (key, mu, sigma)
+    return mu, sigma
+
+  def raw_pixels(self, model, metrics=None) -> dict:
     """The probes on flattened pixels at E's resolution (the no-learning baseline)."""
     start = time.perf_counter()
-    needed, labelled = self._needed_splits(encoder=False)
+    metrics = self.metrics if metrics is None else metrics
+    needed, labelled = self._needed_splits(encoder=False, metrics=metrics)
     if not labelled:
       raise UserError("--raw_pixels needs a labelled dataset (the probes predict class labels)")
     features = {}
@@ -176,11 +312,43 @@ class Evaluator:
         labels.append(model.gather(batch["label"])[mask])
       features[name] = {"pixels": np.concatenate(images), "labels": np.concatenate(labels)}
     out = {"step": model.step or 0}  # pixels have no training step
-    out.update(representation_metrics(features, metrics=self.metrics,
-                                      num_classes=self.num_classes,
+    out.update(representation_metrics(features, metrics=metrics, num_classes=self.num_classes,
                                       probe_names=(("pixels", "pixels"),)))
     out["eval_seconds"] = time.perf_counter() - start
     return out
+
+
+def _eight_bit(images):
+  """[-1, 1] images rounded to the 256 levels of an 8-bit image (as if saved to PNG)."""
+  return jnp.round((jnp.clip(images, -1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0
+
+
+class _Moments:
+  """Mean and covariance (N - 1 normalised, as np.cov) of feature rows added batch by batch.
+
+  Float64 sums of (x - shift) and its outer products, shifted by the first batch's mean.
+  """
+
+  def __init__(self):
+    self.n, self.shift, self.sum, self.outer = 0, None, 0.0, 0.0
+
+  def add(self, rows):
+    rows = np.asarray(rows, np.float64)
+    if not len(rows):
+      return
+    if self.shift is None:
+      self.shift = rows.mean(axis=0)
+    rows = rows - self.shift
+    self.n += len(rows)
+    self.sum = self.sum + rows.sum(axis=0)
+    self.outer = self.outer + rows.T @ rows
+
+  def statistics(self):
+    if self.n < 2:
+      raise UserError(f"the evaluation split has {self.n} images: FID needs at least 2")
+    mean = self.sum / self.n
+    sigma = (self.outer - self.n * np.outer(mean, mean)) / (self.n - 1)
+    return self.shift + mean, sigma
 
 
 def _eval_setting(config, name, default):
@@ -194,18 +362,39 @@ def make_evaluator(config, networks, mesh):
 
   Compiles once; the images of small splits stay in host memory between calls. Optional config
   fields: eval.metrics ('linear_probe,knn,recon'), eval.batch_size (256), eval.train_examples
-  (None = the whole train split as the probes' training set and k-NN bank).
+  (None = the whole train split as the probes' training set and k-NN bank); for 'fid'/'is' in
+  eval.metrics: eval.inception_weights (a path), eval.num_fid_samples, eval.standing_stats (the
+  real split's statistics are then kept in memory, not cached in a file).
   """
   model = api.BigBiGAN(config, networks, mesh,
                        batch_size=_eval_setting(config, "batch_size", 256))
-  evaluator = Evaluator(model, config.data,
-                        metrics=_eval_setting(config, "metrics", ",".join(METRICS)),
-                        train_examples=_eval_setting(config, "train_examples", None))
+  metrics = parse_metrics(_eval_setting(config, "metrics", ",".join(METRICS)))
+  weights = _eval_setting(config, "inception_weights", None)
+  evaluator = Evaluator(model, config.data, metrics=metrics,
+                        train_examples=_eval_setting(config, "train_examples", None),
+                        **_generation_settings(config, metrics, weights))
 
   def evaluate(state) -> dict:
     return evaluator(model.with_state(state, use_ema=True))
 
   return evaluate
+
+
+def _generation_settings(config, metrics, inception, num_fid_samples=None,
+                         standing_stats=None) -> dict:
+  """Evaluator's FID/IS arguments: the arguments given, else the config's eval fields.
+
+  `inception`: an `inception.Inception`, a weights path (loaded only if FID/IS are wanted), None.
+  """
+  if isinstance(inception, str):
+    wanted = any(m in GENERATION_METRICS for m in metrics)
+    inception = inception_lib.load(inception) if wanted else None
+  return dict(
+      inception=inception,
+      num_fid_samples=(num_fid_samples if num_fid_samples is not None
+                       else _eval_setting(config, "num_fid_samples", 10_000)),
+      standing_stats=(standing_stats if standing_stats is not None
+                      else _eval_setting(config, "standing_stats", True)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +407,7 @@ def define_flags():
   """The command-line flags (defined only when run as a program: main.py has its own --workdir)."""
   flags.DEFINE_string("workdir", None, "Training run directory (or its checkpoints/ directory).")
   flags.DEFINE_string("metrics", ",".join(METRICS),
-                      "Comma-separated subset of " + ",".join(METRICS))
+                      "Comma-separated subset of " + ",".join(METRICS + GENERATION_METRICS))
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   flags.DEFINE_string("dataset", None, "TFDS name or folder:/path (default: the run's dataset).")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
@@ -228,7 +417,14 @@ def define_flags():
   flags.DEFINE_bool("ema", True, "Use the EMA weights of G and E (--noema: the raw weights).")
   flags.DEFINE_bool("random_init", False, "Baseline: the same architecture, freshly initialised.")
   flags.DEFINE_bool("raw_pixels", False, "Baseline: the probes on raw pixels instead of features.")
-  flags.DEFINE_string("inception_weights", None, "FID/IS Inception-v3 weights (not available yet).")
+  flags.DEFINE_string("inception_weights", None,
+                      f"fid,is: the FID Inception-v3 weights, pytorch-fid's "
+                      f"{inception_lib.WEIGHTS_FILE} (or an .npz of it); never downloaded.")
+  flags.DEFINE_integer("num_fid_samples", None,
+                       "fid,is: generated images (default: the run's eval.num_fid_samples).")
+  flags.DEFINE_bool("standing_stats", None,
+                    "fid,is: recompute G's BN statistics on fresh latents first "
+                    "(default: the run's eval.standing_stats, else True).")
 
 
 def main(argv):
@@ -240,8 +436,18 @@ def main(argv):
   if FLAGS.random_init and FLAGS.raw_pixels:
     raise UserError("--random_init and --raw_pixels are two different baselines: pass one")
   metrics = parse_metrics(FLAGS.metrics)
-  if FLAGS.inception_weights:
-    raise UserError("--inception_weights is not used yet (FID/IS are not available); drop it")
+  generation = [m for m in metrics if m in GENERATION_METRICS]
+  if generation and not FLAGS.inception_weights:
+    raise UserError(f"--metrics={','.join(generation)} needs --inception_weights=PATH: "
+                    f"pytorch-fid's {inception_lib.WEIGHTS_FILE} or an .npz of it "
+                    "(nothing is downloaded)")
+  if FLAGS.inception_weights and not generation:
+    raise UserError("--inception_weights is only used by --metrics=fid,is: add them to "
+                    "--metrics or drop the flag")
+  if generation and FLAGS.raw_pixels:
+    raise UserError("--raw_pixels has no generator: drop fid,is from --metrics")
+  # The weights first: a wrong file fails before the checkpoint is restored.
+  inception = inception_lib.load(FLAGS.inception_weights) if generation else None
   mesh = api.local_mesh()
   if FLAGS.random_init or FLAGS.raw_pixels:
     config = api.load_config(FLAGS.workdir, FLAGS.step)
@@ -258,7 +464,9 @@ def main(argv):
     weights = "ema" if FLAGS.ema else "raw"
   data = extract.data_config_for(config, FLAGS.dataset, FLAGS.data_dir)
   evaluator = Evaluator(model, data, metrics=metrics, train_examples=FLAGS.train_examples,
-                        progress=True, cache=False)
+                        progress=True, cache=False, reference_dir=api.workdir_of(FLAGS.workdir),
+                        **_generation_settings(config, metrics, inception,
+                                               FLAGS.num_fid_samples, FLAGS.standing_stats))
   result = evaluator.raw_pixels(model) if FLAGS.raw_pixels else evaluator(model)
   result = {"step": result.pop("step"), "weights": weights, "dataset": data.dataset,
             "train_examples": FLAGS.train_examples, **result}

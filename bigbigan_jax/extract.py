@@ -20,8 +20,6 @@ from bigbigan_jax import cli
 from bigbigan_jax import input_pipeline
 from bigbigan_jax.errors import UserError
 
-FEATURES = ("avepool_feat", "bn_crelu_feat", "z_mean")
-
 
 def split_batches(model, data_config, split, *, limit=None):
   """Yields this process's rows of global batches {'image', 'label', 'mask'} of `split`.
@@ -58,13 +56,13 @@ def _progress(iterable, total, description):
                    leave=False, mininterval=1.0)
 
 
-def extract_features(model, data_config, split, *, limit=None, features=FEATURES,
+def extract_features(model, data_config, split, *, limit=None, features=None,
                      reconstruction_error=False, progress=False, batches=None,
                      count=None) -> dict:
   """Encodes a split with `model` (a bound `api.BigBiGAN`); returns host arrays of its examples.
 
   Args:
-    features: which encoder outputs to keep.
+    features: which encoder outputs to keep (default: all of `model.feature_keys`).
     reconstruction_error: also return 'recon_mse' [N], the per-image mean squared error of
       G(E(x)) (from z_mean) against x as G sees it, in [-1, 1] pixel units.
     batches: pre-loaded output of `split_batches` (the in-training evaluator caches them).
@@ -73,7 +71,8 @@ def extract_features(model, data_config, split, *, limit=None, features=FEATURES
   Returns:
     {feature: [N, ...], 'labels': [N]} (+ 'recon_mse').
   """
-  model.require_encoder()
+  model.require_encoder(features_only=True)
+  features = model.feature_keys if features is None else features
   if batches is None:
     batches = split_batches(model, data_config, split, limit=limit)
   fn = _feature_fn(model, tuple(features), reconstruction_error)

@@ -13,11 +13,15 @@ import numpy as np
 
 from jax.experimental import multihost_utils
 
+from bigbigan_jax import bigan
 from bigbigan_jax import checkpoint
 from bigbigan_jax import errors
 from bigbigan_jax import images
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import train
+
+# The losses on the progress line (the BiGAN baselines have their own).
+LOSSES = ("d_loss", "eg_loss", "e_loss_latent", "recon_loss")
 
 
 def _replicate(mesh, array):
@@ -48,8 +52,9 @@ class Previews:
     g, e = networks.generator, networks.encoder
 
     def sample(state, z):
-      return g.apply({"params": state["ema"]["generator"], **state["stats"]["generator"]}, z,
-                     train=False)
+      x = g.apply({"params": state["ema"]["generator"], **state["stats"]["generator"]}, z,
+                  train=False)
+      return bigan.flat_to_images(config, x) if x.ndim == 2 else x  # BiGAN MLPs: flat pixels
 
     def reconstruct(state, x):
       enc = e.apply({"params": state["ema"]["encoder"], **state["stats"]["encoder"]},
@@ -150,7 +155,8 @@ def train_and_evaluate(config, workdir: str):
 
   previews = Previews(config, networks, mesh)
   evaluator = None
-  if config.get("eval_every", 0) and networks.encoder is not None:
+  if config.get("eval_every", 0) and (networks.encoder is not None
+                                      or bigan.method_of(config) == "d_features"):
     from bigbigan_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluator = evaluate.make_evaluator(config, networks, mesh)
   eval_path = os.path.join(workdir, "eval.jsonl")
@@ -180,9 +186,10 @@ def train_and_evaluate(config, workdir: str):
       if metrics_file:
         metrics_file.write(json.dumps({"step": step, **values}) + "\n")
         metrics_file.flush()
+        losses = " | ".join(f"{k} {values[k]:.4f}" for k in LOSSES if k in values)
         print(f"step {step}/{total} | {values['steps_per_s']:.2f} steps/s | "
-              f"{values['img_per_s']:.0f} img/s | ETA {values['eta_s'] / 60:.1f} min | "
-              f"d_loss {values['d_loss']:.4f} | eg_loss {values['eg_loss']:.4f}", flush=True)
+              f"{values['img_per_s']:.0f} img/s | ETA {values['eta_s'] / 60:.1f} min | {losses}",
+              flush=True)
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
     if evaluator and (step % config.eval_every == 0 or step == total):

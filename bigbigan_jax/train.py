@@ -4,6 +4,11 @@ Parallelism is SPMD: one `jax.jit`-compiled step over a 1-D `('data',)` mesh of 
 every process. Parameters and optimizer state are replicated; the global batch is sharded along
 the mesh. Batch-norm statistics are therefore computed over the global batch (XLA inserts the
 cross-device reductions), which is what BigGAN's cross-replica BN does, with no extra code.
+
+With `optim.grad_accum = k > 1` every update averages gradients over k micro-batches of
+`batch_size / k` (a `lax.scan`), for fewer or smaller chips than the paper's. Batch norm then
+normalises with micro-batch statistics: training matches a run at `batch_size / k` per BN
+call, not the global batch.
 """
 
 import functools
@@ -16,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
+from bigbigan_jax import bigan
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import losses
 from bigbigan_jax import models
@@ -49,10 +55,29 @@ def batch_sharding(mesh):
 # Randomness is derived from (seed, step), so the state needs no key and a resumed run draws
 # exactly the numbers a straight run would.
 
-def create_optimizers(config) -> dict:
-  """Separate Adam for D, G and E (E's learning rate is eta times G's)."""
+def learning_rate(config, base_lr):
+  """`base_lr`, or with `optim.schedule='constant_then_exp_decay'` (BiGAN 2017) a schedule that is
+  constant for the first `optim.decay_start` of `total_steps`, then decays exponentially to
+  `optim.final_lr_mult * base_lr` at the last step."""
   o = config.optim
-  adam = lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+  if o.get("schedule", "constant") == "constant":
+    return base_lr
+  begin = int(o.decay_start * config.total_steps)
+  return optax.exponential_decay(base_lr, transition_steps=max(config.total_steps - begin, 1),
+                                 decay_rate=o.final_lr_mult, transition_begin=begin)
+
+
+def create_optimizers(config) -> dict:
+  """Separate Adam for D, G and E (E's learning rate is eta times G's). `optim.weight_decay`
+  (optional) adds an L2 penalty's gradient to every parameter's, as the BiGAN paper did."""
+  o = config.optim
+
+  def adam(lr):
+    opt = optax.adam(learning_rate(config, lr), b1=o.b1, b2=o.b2, eps=o.eps)
+    if o.get("weight_decay", 0.0):
+      opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+    return opt
+
   return {"generator": adam(o.g_lr), "discriminator": adam(o.d_lr),
           "encoder": adam(o.g_lr * o.e_lr_mult)}
 
@@ -80,6 +105,53 @@ def abstract_state(networks, optimizers, config):
 # ---------------------------------------------------------------------------------------------
 # The step.
 
+def micro_batches(x, k: int):
+  """`[B, ...] -> [k, B // k, ...]`; micro-batch i is rows `i::k`.
+
+  Each device holds a contiguous block of B / n rows, and every micro-batch takes B / (n k) rows
+  of every block: the micro-batches stay spread over all devices, with no communication.
+  """
+  return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def accumulate_gradients(grad_fn, k: int, wrt, mesh=None):
+  """`grad_fn` averaged over k micro-batches, one after another in a `lax.scan`.
+
+  Args:
+    grad_fn: `(params, stats, x, key) -> (grads, stats, metrics)` on one batch; `grads` is
+      `{net: grads}` for the nets named in `wrt`.
+    k: number of micro-batches (1 returns `grad_fn` itself).
+    wrt: the names of the networks `grad_fn` differentiates.
+    mesh: keeps each micro-batch sharded over its 'data' axis if given.
+
+  Returns:
+    A function of the same signature. Micro-batch i is `x[i::k]` with key `fold_in(key, i)`;
+    gradients and metrics are the means over micro-batches; `stats` (BN moments, spectral-norm
+    vectors) are updated by each micro-batch in turn.
+  """
+  if k == 1:
+    return grad_fn
+
+  def constrain(x, spec):
+    return x if mesh is None else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+  def averaged(params, stats, x, key):
+    def body(carry, inputs):
+      stats, grad_sum = carry
+      i, x_i = inputs
+      grads, stats, metrics = grad_fn(params, stats, constrain(x_i, P("data")),
+                                      jax.random.fold_in(key, i))
+      return (stats, jax.tree.map(jnp.add, grad_sum, grads)), metrics
+
+    xs = constrain(micro_batches(x, k), P(None, "data"))
+    zeros = {name: jax.tree.map(jnp.zeros_like, params[name]) for name in wrt}
+    (stats, grad_sum), metrics = jax.lax.scan(body, (stats, zeros), (jnp.arange(k), xs))
+    mean = lambda tree: jax.tree.map(lambda v: jnp.mean(v, axis=0), tree)
+    return jax.tree.map(lambda g: g / k, grad_sum), stats, mean(metrics)
+
+  return averaged
+
+
 def sample_z(key, shape, z_dist: str):
   if z_dist == "uniform":
     return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
@@ -97,10 +169,12 @@ def make_train_step(networks, optimizers, config, mesh):
   """Returns `train_step(state, images) -> (state, metrics)`, to be jitted.
 
   `images` is `[d_steps, global_batch, ...]`: one fresh real batch per D update; the E/G update
-  reuses the last one with fresh z and fresh encoder noise.
+  reuses the last one with fresh z and fresh encoder noise. Each update's gradient is averaged
+  over `optim.grad_accum` micro-batches (see `accumulate_gradients`).
   """
   G, E, D = networks.generator, networks.encoder, networks.discriminator
   d_steps = config.optim.d_steps
+  grad_accum = config.optim.get("grad_accum", 1)
   z_dim, z_dist = config.model.z_dim, config.model.z_dist
   bigan = config.model.get("family", "bigbigan") == "bigan_mlp"
   g_res = None if bigan else config.model.generator.resolution
@@ -141,8 +215,9 @@ def make_train_step(networks, optimizers, config, mesh):
         grads, state["opt"][name], state["params"][name])
     state["params"][name] = optax.apply_updates(state["params"][name], updates)
 
-  def d_update(state, x_real, key):
-    z, x_fake, z_hat, stats = generate_and_encode(state["params"], state["stats"], x_real, key)
+  def d_grads(params, stats, x_real, key):
+    """L_D's gradient for D on one batch: `({'discriminator': grads}, new stats, metrics)`."""
+    z, x_fake, z_hat, stats = generate_and_encode(params, stats, x_real, key)
     x_fake = jax.lax.stop_gradient(x_fake)
     z_hat = None if z_hat is None else jax.lax.stop_gradient(z_hat)
 
@@ -152,29 +227,42 @@ def make_train_step(networks, optimizers, config, mesh):
       return loss, (d_stats, {**metrics, **losses.score_means(enc, gen)})
 
     (loss, (d_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"]["discriminator"])
-    state = {**state, "params": dict(state["params"]), "opt": dict(state["opt"]),
-             "stats": {**stats, "discriminator": d_stats}}
-    apply_updates(state, "discriminator", grads)
-    return state, {"d_loss": loss, **metrics}
+        params["discriminator"])
+    return ({"discriminator": grads}, {**stats, "discriminator": d_stats},
+            {"d_loss": loss, **metrics})
 
-  def eg_update(state, x_real, key):
-    trained = [k for k in ("generator", "encoder") if k in state["params"]]
+  def eg_grads(params, stats, x_real, key):
+    """L_EG's gradients for G and E on one batch: `({net: grads}, new stats, metrics)`."""
 
     def loss_fn(eg_params):
-      params = {**state["params"], **eg_params}
-      z, x_fake, z_hat, stats = generate_and_encode(params, state["stats"], x_real, key)
-      enc, gen, stats["discriminator"] = discriminate(
-          params["discriminator"], stats["discriminator"], x_real, z_hat, x_fake, z)
+      all_params = {**params, **eg_params}
+      z, x_fake, z_hat, new_stats = generate_and_encode(all_params, stats, x_real, key)
+      enc, gen, new_stats["discriminator"] = discriminate(
+          all_params["discriminator"], new_stats["discriminator"], x_real, z_hat, x_fake, z)
       loss, metrics = losses.encoder_generator_loss(enc, gen, config.loss)
-      return loss, (stats, metrics)
+      return loss, (new_stats, metrics)
 
-    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        {k: state["params"][k] for k in trained})
+    (loss, (new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        {k: params[k] for k in eg_nets})
+    return grads, new_stats, {"eg_loss": loss, **metrics}
+
+  eg_nets = ("generator", "encoder") if E is not None else ("generator",)
+  d_grads_accumulated = accumulate_gradients(d_grads, grad_accum, ("discriminator",), mesh)
+  eg_grads_accumulated = accumulate_gradients(eg_grads, grad_accum, eg_nets, mesh)
+
+  def apply_all(state, grads, stats):
     state = {**state, "params": dict(state["params"]), "opt": dict(state["opt"]), "stats": stats}
-    for name in trained:
-      apply_updates(state, name, grads[name])
-    return state, {"eg_loss": loss, **metrics}
+    for name, net_grads in grads.items():
+      apply_updates(state, name, net_grads)
+    return state
+
+  def d_update(state, x_real, key):
+    grads, stats, metrics = d_grads_accumulated(state["params"], state["stats"], x_real, key)
+    return apply_all(state, grads, stats), metrics
+
+  def eg_update(state, x_real, key):
+    grads, stats, metrics = eg_grads_accumulated(state["params"], state["stats"], x_real, key)
+    return apply_all(state, grads, stats), metrics
 
   def update_ema(state):
     # Before `start_step` the EMA just tracks the weights; SN and BN state are not averaged.
@@ -207,14 +295,20 @@ def make_train_step(networks, optimizers, config, mesh):
     return state, {**metrics, **finite, "all_finite": all_finite,
                    "nonfinite_skipped": state["nonfinite_skipped"]}
 
-  # The two halves on their own, for the benchmark: (state, images, key) -> (state, metrics).
+  # The two halves on their own, for the benchmark: (state, images, key) -> (state, metrics);
+  # and their one-batch gradients, for the tests: (params, stats, x, key) -> (grads, stats, m).
   train_step.d_update, train_step.eg_update = d_update, eg_update
+  train_step.d_grads, train_step.eg_grads = d_grads, eg_grads
   return train_step
 
 
 def compile_train_step(networks, optimizers, config, mesh):
   """The jitted step: state replicated and donated, images sharded along the batch."""
-  return jax.jit(make_train_step(networks, optimizers, config, mesh),
+  if bigan.has_baseline_step(config):  # BiGAN (2017)'s latent-regressor and autoencoder rows
+    step = bigan.make_baseline_step(networks, optimizers, config, mesh, make_train_step)
+  else:
+    step = make_train_step(networks, optimizers, config, mesh)
+  return jax.jit(step,
                  in_shardings=(replicated(mesh), batch_sharding(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)),
                  donate_argnums=0)

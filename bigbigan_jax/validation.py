@@ -40,19 +40,45 @@ def validate(config, num_devices: int | None = None):
   _check_choice(config.dtype, DTYPES, "dtype")
   _check(0.0 <= config.ema.decay < 1.0,
          f"config.ema.decay={config.ema.decay} must be in [0, 1); the paper uses 0.9999")
+  grad_accum = config.optim.get("grad_accum", 1)
+  _check(isinstance(grad_accum, int) and grad_accum > 0,
+         f"config.optim.grad_accum={grad_accum!r} must be a positive integer; set "
+         f"--config.optim.grad_accum=1 (no accumulation) or the number of micro-batches")
+  _check(config.batch_size % grad_accum == 0,
+         f"config.batch_size={config.batch_size} does not split into "
+         f"config.optim.grad_accum={grad_accum} micro-batches; set --config.optim.grad_accum to "
+         f"a divisor of {config.batch_size} (or --config.batch_size to a multiple of {grad_accum})")
   if num_devices is not None:
     _check(config.batch_size % num_devices == 0,
            f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices; "
            f"set --config.batch_size to a multiple of {num_devices}")
+    micro = config.batch_size // grad_accum
+    _check(micro % num_devices == 0,
+           f"the micro-batch config.batch_size / config.optim.grad_accum = {micro} is not "
+           f"divisible by the {num_devices} devices; set --config.optim.grad_accum so that "
+           f"batch_size / grad_accum is a multiple of {num_devices}")
   loss = config.loss
   _check_choice(loss.form, ("hinge", "bce"), "loss.form")
   _check_choice(loss.reduction, ("sum", "mean"), "loss.reduction")
   m = config.model
   _check_choice(m.z_dist, ("normal", "uniform"), "model.z_dist")
   _check(m.z_dim > 0, f"config.model.z_dim={m.z_dim} must be > 0")
+  o = config.optim
+  _check_choice(o.get("schedule", "constant"), ("constant", "constant_then_exp_decay"),
+                "optim.schedule")
+  _check(o.get("weight_decay", 0.0) >= 0,
+         f"config.optim.weight_decay={o.get('weight_decay')} must be >= 0")
   if m.get("family", "bigbigan") == "bigan_mlp":
-    _check(loss.s_xz or not m.encoder.enabled,
-           "the BiGAN MLP discriminator has only the joint score; set --config.loss.s_xz=True")
+    from bigbigan_jax import bigan  # pylint: disable=g-import-not-at-top
+    method = bigan.method_of(config)
+    _check_choice(method, bigan.METHODS, "method")
+    wants_encoder = method in bigan.WITH_ENCODER
+    _check(bool(m.encoder.enabled) == wants_encoder,
+           f"method={method} {'needs' if wants_encoder else 'has no'} encoder; set "
+           f"--config.model.encoder.enabled={wants_encoder}")
+    _check(loss.s_xz if method == "bigan" else loss.s_x,
+           f"method={method} trains D's {'joint' if method == 'bigan' else 'image'} score; set "
+           f"--config.loss.{'s_xz' if method == 'bigan' else 's_x'}=True")
     return
   e, g = m.encoder, m.generator
   if e.enabled:

@@ -27,7 +27,8 @@ def _base():
   c.eval_every = 0               # in-training evaluation to eval.jsonl (0 = off)
   c.eval = ml_collections.ConfigDict(dict(
       metrics="linear_probe,knn,recon", batch_size=256,
-      train_examples=ml_collections.FieldReference(50_000, field_type=int)))  # probe/k-NN bank
+      train_examples=ml_collections.FieldReference(50_000, field_type=int),  # probe/k-NN bank
+      num_fid_samples=10_000, standing_stats=True))  # fid,is (need --inception_weights)
   c.skip_nonfinite = False       # True: drop non-finite updates (counted) instead of stopping
 
   c.data = ml_collections.ConfigDict()
@@ -47,13 +48,16 @@ def _base():
   c.model.image_channels = 3
   c.model.generator = ml_collections.ConfigDict(dict(
       resolution=128, ch=96, shared_dim=128, attn_res=64,
-      bn_eps=1e-4, bn_momentum=0.9, sn_eps=1e-4))
+      bn_eps=1e-4, bn_momentum=0.9, sn_eps=1e-4,
+      remat=False))                # nn.remat ResBlocks + attention: less memory, ~1 more fwd
   c.model.discriminator = ml_collections.ConfigDict(dict(
-      ch=96, attn_res=64, mlp_width=2048, mlp_blocks=4, sn_eps=1e-4))
+      ch=96, attn_res=64, mlp_width=2048, mlp_blocks=4, sn_eps=1e-4,
+      remat=False))                # the same for F's ResBlocks and attention
   c.model.encoder = ml_collections.ConfigDict(dict(
       enabled=True, trunk="resnet_v2_50", width=1, base_width=64, resolution=128,
       head_width=4096, head_blocks=2, output="stochastic", reversible_backward=True,
       bn_eps=1e-5, bn_momentum=0.9,
+      remat=False,                 # ResNet-v2 units; a RevNet has reversible_backward instead
       units=ml_collections.FieldReference(None, field_type=tuple)))  # None: the trunk's depth
 
   c.loss = ml_collections.ConfigDict(dict(
@@ -65,7 +69,8 @@ def _base():
       g_lr=5e-5, d_lr=2e-4,
       e_lr_mult=1.0,               # eta: E's learning rate is eta * g_lr
       b1=0.0, b2=0.999, eps=1e-8,
-      d_steps=2))                  # D updates per E/G update
+      d_steps=2,                   # D updates per E/G update
+      grad_accum=1))               # micro-batches per update (BN then sees batch / grad_accum)
 
   c.ema = ml_collections.ConfigDict(dict(decay=0.9999, start_step=20_000))
   return c

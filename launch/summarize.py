@@ -25,7 +25,8 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_DIR = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 
-# (column title, eval.jsonl key, scale, lower is better)
+# (column title, eval.jsonl key, scale, lower is better). A sweep file may give its own as
+# `columns` (and `paper_columns`: (title, key of its `paper` entries)), e.g. the BiGAN table's 1-NN.
 METRICS = (
     ("IS", "is", 1.0, False),
     ("FID", "fid", 1.0, True),
@@ -124,8 +125,16 @@ def mean_std(values):
   return statistics.fmean(values), statistics.pstdev(values), len(values)
 
 
+def columns_of(sweep):
+  """(metric columns, paper columns) of a sweep: its own, else Table 1 of BigBiGAN's."""
+  sweep = sweep or {}
+  return (tuple(tuple(c) for c in sweep.get("columns") or METRICS),
+          tuple(tuple(c) for c in sweep.get("paper_columns") or PAPER_COLUMNS))
+
+
 def summarize(sweep_dir, sweep=None, pick="last"):
   """One dict per variant: variant, finished, total, steps, unfinished, and per metric (mean, std, n)."""
+  metrics = columns_of(sweep)[0]
   found = find_runs(sweep_dir)
   if sweep:
     order = list(sweep["variants"])
@@ -151,7 +160,7 @@ def summarize(sweep_dir, sweep=None, pick="last"):
     row = dict(variant=variant, total=len(expected[variant]), unfinished=unfinished,
                finished=len(expected[variant]) - len(unfinished),
                steps=sorted({r["step"] for r in results}))
-    for title, key, scale, _ in METRICS:
+    for title, key, scale, _ in metrics:
       values = [r["eval"].get(key) for r in results]
       row[title] = mean_std([None if v is None else scale * v for v in values])
     rows.append(row)
@@ -179,19 +188,20 @@ def _paper_cell(paper, variant, key):
   return _fmt(mean, std, 1 if std is None else 2)
 
 
-def markdown(rows, paper=None):
+def markdown(rows, paper=None, sweep=None):
   """Table 1's layout as a markdown table; `*` marks variants with unfinished runs."""
-  header = ["variant", "runs", "steps"] + [m[0] for m in METRICS]
+  metrics, paper_columns = columns_of(sweep)
+  header = ["variant", "runs", "steps"] + [m[0] for m in metrics]
   if paper is not None:
-    header += [title for title, _ in PAPER_COLUMNS]
+    header += [title for title, _ in paper_columns]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   notes = []
   for row in rows:
     mark = "*" if row["unfinished"] else ""
     cells = [row["variant"], f"{row['finished']}/{row['total']}{mark}", _steps(row["steps"])]
-    cells += [_fmt(*row[m[0]]) for m in METRICS]
+    cells += [_fmt(*row[m[0]]) for m in metrics]
     if paper is not None:
-      cells += [_paper_cell(paper, row["variant"], key) for _, key in PAPER_COLUMNS]
+      cells += [_paper_cell(paper, row["variant"], key) for _, key in paper_columns]
     lines.append("| " + " | ".join(cells) + " |")
     notes += [f"{row['variant']}-seed{seed} ({'not started' if step is None else f'step {step}'})"
               for seed, step in row["unfinished"]]
@@ -201,26 +211,27 @@ def markdown(rows, paper=None):
   return "\n".join(lines)
 
 
-def to_csv(rows, paper=None):
+def to_csv(rows, paper=None, sweep=None):
   """The same table as CSV, one number per cell (mean and std in separate columns)."""
+  metrics, paper_columns = columns_of(sweep)
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
   header = ["variant", "finished", "total", "min_step", "max_step"]
-  for _, key, _, _ in METRICS:
+  for _, key, _, _ in metrics:
     header += [f"{key}_mean", f"{key}_std", f"{key}_n"]
   if paper is not None:
-    for _, key in PAPER_COLUMNS:
+    for _, key in paper_columns:
       header += [f"paper_{key}_mean", f"paper_{key}_std"]
   writer.writerow(header)
   blank = lambda v: "" if v is None else v  # pylint: disable=unnecessary-lambda-assignment
   for row in rows:
     cells = [row["variant"], row["finished"], row["total"],
              row["steps"][0] if row["steps"] else "", row["steps"][-1] if row["steps"] else ""]
-    for title, _, _, _ in METRICS:
+    for title, _, _, _ in metrics:
       mean, std, n = row[title]
       cells += [blank(mean), blank(std), n]
     if paper is not None:
-      for _, key in PAPER_COLUMNS:
+      for _, key in paper_columns:
         value = ((paper.get(row["variant"]) or {}).get(key)) or (None, None)
         cells += [blank(value[0]), blank(value[1])]
     writer.writerow(cells)
@@ -238,7 +249,7 @@ def render(sweep_dir, sweep=None, pick="last", as_csv=False, paper=False):
   """The whole output of this tool, as a string."""
   rows = summarize(sweep_dir, sweep, pick)
   reference = paper_numbers(sweep) if paper else None
-  return to_csv(rows, reference) if as_csv else markdown(rows, reference)
+  return to_csv(rows, reference, sweep) if as_csv else markdown(rows, reference, sweep)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,3 +145,87 @@ def test_unreadable_newest_checkpoint_falls_back_and_is_kept(tmp_path, mnist_dat
   resumed, straight = state_arrays(workdir, 4), state_arrays(straight_run, 4)
   for key in straight:
     np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
+def _saving(checkpoints, step):
+  """The name of orbax's temporary directory for `step` while that save is in progress."""
+  names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+  return next((n for n in names if n.startswith(f"{step}.orbax-checkpoint-tmp")), None)
+
+
+def test_sigkill_during_an_async_save_resumes_from_the_last_complete_checkpoint(
+    tmp_path, mnist_data_dir, straight_run):
+  """SIGKILL while orbax writes step 4 (the tiny config saves steps 2 and 4, asynchronously): the
+  half-written step is never loaded; the rerun says so, resumes from step 2 and ends equal to a
+  straight run."""
+  workdir, checkpoints = str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints")
+  with open(tmp_path / "killed.log", "w") as log:
+    proc = subprocess.Popen(main_command(workdir, mnist_data_dir), env=env_for(1), cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 300
+  try:
+    while not _saving(checkpoints, 4):  # poll every 2 ms; the save takes 0.1-3 s here
+      assert proc.poll() is None and time.time() < deadline, "the run never began saving step 4"
+      time.sleep(0.002)
+  finally:
+    proc.kill()  # SIGKILL
+    proc.wait(timeout=60)
+  assert _saving(checkpoints, 4) and not os.path.exists(os.path.join(checkpoints, "4")), (
+      "the kill came after the save of step 4 completed")
+  result = run_main(workdir, mnist_data_dir)  # the same command
+  assert "warning: the save of step 4 never completed" in result.stdout, result.stdout
+  assert "resuming from step 2, the newest complete checkpoint" in result.stdout
+  assert "Resumed from the checkpoint at step 2" in result.stdout
+  assert any(n.startswith("4.orbax-checkpoint-tmp")
+             for n in os.listdir(checkpoints + "_unreadable"))  # set aside, not deleted
+  assert not _saving(checkpoints, 4) and os.path.isdir(os.path.join(checkpoints, "4"))
+  resumed, straight = state_arrays(workdir, 4), state_arrays(straight_run, 4)
+  for key in straight:
+    np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_a_killed_process_stops_the_other_quickly_with_one_line(tmp_path, mnist_data_dir):
+  """2 processes x 4 CPU devices on 127.0.0.1; once both train, process 1 gets SIGKILL. Process
+  0 must not hang: it exits with status 1 well within the heartbeat timeout, with one `error:`
+  line that names the problem and the fix."""
+  workdir = str(tmp_path / "run")
+  port = _free_port()
+  # Both processes compile cold: with a warm persistent cache only process 0 would skip
+  # compilation (JAX caches from process 0 only) and could wait past gloo's fixed 30 s rendezvous.
+  env = {**env_for(4), "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  logs = [open(tmp_path / f"process{i}.err", "w+") for i in range(2)]
+  procs = [subprocess.Popen(
+      main_command(workdir, mnist_data_dir, "--config.total_steps=100000",
+                   "--config.image_every=100000", "--config.checkpoint_every=100000",
+                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}", "--heartbeat_timeout_s=10"),
+      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
+  try:
+    deadline = time.time() + 900  # cold compilation of two processes on a busy 2-core machine
+    while not (os.path.exists(workdir + "/metrics.jsonl") and len(metrics(workdir)) >= 3):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline, "did not train"
+      time.sleep(0.1)
+    procs[1].kill()  # SIGKILL, mid-training (the processes run the steps in lockstep)
+    killed = time.time()
+    returncode = procs[0].wait(timeout=90)
+    took = time.time() - killed
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  logs[0].seek(0)
+  err = logs[0].read()
+  print(f"process 0 exited {took:.2f} s after process 1 was killed")
+  assert returncode == 1, err[-3000:]
+  assert took < 10, f"took {took:.1f} s"  # sooner than the heartbeat timeout would have ended it
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+  assert "process 0 of 2 lost contact with another process of this run" in lines[0], lines[0]
+  assert "rerun the same command on all hosts to resume from the last complete checkpoint" \
+      in lines[0], lines[0]

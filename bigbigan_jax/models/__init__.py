@@ -36,20 +36,21 @@ def build(config) -> Networks:
   loss = config.loss
   if m.get("family", "bigbigan") == "bigan_mlp":
     encoder = MLPEncoder(m.z_dim, m.hidden, dtype=dtype) if m.encoder.enabled else None
+    joint = encoder is not None and config.get("method", "bigan") == "bigan"  # else a GAN's D(x)
     return Networks(MLPGenerator(m.hidden, m.x_dim, dtype=dtype), encoder,
-                    MLPDiscriminator(m.hidden, use_z=encoder is not None, dtype=dtype))
+                    MLPDiscriminator(m.hidden, use_z=joint, dtype=dtype))
   g, d, e = m.generator, m.discriminator, m.encoder
   generator = Generator(g.resolution, g.ch, g.shared_dim, g.attn_res, m.image_channels,
-                        g.bn_eps, g.bn_momentum, g.sn_eps, dtype)
+                        g.bn_eps, g.bn_momentum, g.sn_eps, dtype, remat=g.get("remat", False))
   encoder = None
   if e.enabled:
     encoder = Encoder(m.z_dim, e.trunk, e.width, e.base_width, e.head_width, e.head_blocks,
                       e.output, e.reversible_backward, e.bn_momentum, e.bn_eps, dtype,
-                      units=e.get("units"))
+                      units=e.get("units"), remat=e.get("remat", False))
   discriminator = Discriminator(
       g.resolution, d.ch, d.attn_res, d.mlp_width, d.mlp_blocks,
       use_x=loss.s_x, use_z=loss.s_z and e.enabled, use_xz=loss.s_xz and e.enabled,
-      sn_eps=d.sn_eps, dtype=dtype)
+      sn_eps=d.sn_eps, dtype=dtype, remat=d.get("remat", False))
   return Networks(generator, encoder, discriminator)
 
 

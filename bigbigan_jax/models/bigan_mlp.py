@@ -42,16 +42,19 @@ class MLPEncoder(nn.Module):
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     h = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype)(x), 0.2)
     h = nn.leaky_relu(_bn(train, self.dtype)(nn.Dense(self.hidden, dtype=self.dtype)(h)), 0.2)
-    z = 2 * nn.sigmoid(nn.Dense(self.z_dim, dtype=self.dtype)(h).astype(jnp.float32)) - 1
+    logits = nn.Dense(self.z_dim, dtype=self.dtype)(h).astype(jnp.float32)
+    z = 2 * nn.sigmoid(logits) - 1
     feat = h.astype(jnp.float32)
     return {"avepool_feat": feat, "bn_crelu_feat": jnp.concatenate([nn.relu(feat), nn.relu(-feat)], -1),
-            "z_mean": z, "z_stdev": jnp.zeros_like(z), "z_sample": z}
+            "z_mean": z, "z_stdev": jnp.zeros_like(z), "z_sample": z,
+            "z_logits": logits}  # for the latent regressors' sigmoid cross-entropy
 
 
 class MLPDiscriminator(nn.Module):
   """D(x, z): LReLU(FC 1024 x) -> LReLU(BN(FC 1024 h + FC_z 1024 z)) -> FC 1 (joint score only).
 
-  With `use_z=False` it is the plain GAN discriminator of the "D features" baseline.
+  With `use_z=False` it is the plain GAN discriminator of the "D features" baseline. Besides the
+  scores it returns 'features', its last hidden layer (that baseline's representation).
   """
   hidden: int = 1024
   use_z: bool = True
@@ -66,6 +69,6 @@ class MLPDiscriminator(nn.Module):
       h = h + nn.Dense(self.hidden, dtype=self.dtype)(z.astype(self.dtype))
     h = nn.leaky_relu(_bn(train, self.dtype)(h), 0.2)
     score = nn.Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
-    if self.use_z:
-      return {"s_x": None, "s_z": None, "s_xz": score}
-    return {"s_x": score, "s_z": None, "s_xz": None}
+    out = {"s_x": None, "s_z": None, "s_xz": None, "features": h.astype(jnp.float32)}
+    out["s_xz" if self.use_z else "s_x"] = score
+    return out

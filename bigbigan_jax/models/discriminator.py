@@ -17,22 +17,28 @@ D_BLOCKS = {
 
 
 class ImageTrunk(nn.Module):
-  """F: the BigGAN D trunk, ResBlock-downs then ReLU and a global *sum* pool."""
+  """F: the BigGAN D trunk, ResBlock-downs then ReLU and a global *sum* pool.
+
+  `remat` recomputes each ResBlock's and the attention block's activations on the backward pass.
+  """
   resolution: int = 128
   ch: int = 96
   attn_res: int = 64
   sn_eps: float = 1e-4
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
     h = x.astype(self.dtype)
     kw = dict(sn_eps=self.sn_eps, dtype=self.dtype)
+    block = layers.maybe_remat(layers.DBlock, self.remat, train_argnum=2)
+    attention = layers.maybe_remat(layers.SelfAttention, self.remat, train_argnum=2)
     attended = False
     for i, (mult, down) in enumerate(D_BLOCKS[self.resolution]):
-      h = layers.DBlock(mult * self.ch, down, preactivation=i > 0, name=f"block{i}", **kw)(h, train)
+      h = block(mult * self.ch, down, preactivation=i > 0, name=f"block{i}", **kw)(h, train)
       if not attended and h.shape[1] == self.attn_res:
-        h = layers.SelfAttention(name="attention", **kw)(h, train)
+        h = attention(name="attention", **kw)(h, train)
         attended = True
     return jnp.sum(nn.relu(h), axis=(1, 2))
 
@@ -43,6 +49,7 @@ class Discriminator(nn.Module):
   Attributes:
     use_x / use_z / use_xz: build the unary image score, the unary latent score, and the joint
       score. GAN mode is `use_z=use_xz=False` (F and s_x only: an unconditional BigGAN D).
+    remat: rematerialise F's ResBlocks and attention (`nn.remat`; same parameters).
   """
   resolution: int = 128
   ch: int = 96
@@ -54,13 +61,15 @@ class Discriminator(nn.Module):
   use_xz: bool = True
   sn_eps: float = 1e-4
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, z=None, train: bool = True):
     kw = dict(sn_eps=self.sn_eps, dtype=self.dtype)
     head = lambda name: layers.SNDense(1, name=name, **kw)
     scores = {"s_x": None, "s_z": None, "s_xz": None}
-    fx = ImageTrunk(self.resolution, self.ch, self.attn_res, name="F", **kw)(x, train)
+    fx = ImageTrunk(self.resolution, self.ch, self.attn_res, remat=self.remat, name="F", **kw)(
+        x, train)
     if self.use_x:
       scores["s_x"] = head("theta_x")(fx, train)[:, 0]
     if self.use_z or self.use_xz:

@@ -40,23 +40,28 @@ class BottleneckV2(nn.Module):
 
 
 class ResNetV2(nn.Module):
-  """ResNet-v2 trunk: 7x7/2 conv, 3x3/2 max-pool, bottleneck stages, BN-ReLU, average pool."""
+  """ResNet-v2 trunk: 7x7/2 conv, 3x3/2 max-pool, bottleneck stages, BN-ReLU, average pool.
+
+  `remat` recomputes each bottleneck unit's activations on the backward pass.
+  """
   units: tuple = (3, 4, 6, 3)
   width: int = 1
   base_width: int = 64  # channels of the root conv at width 1 (64 in ResNet-50)
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
     h = layers.he_conv(self.base_width * self.width, 7, 2, dtype=self.dtype, name="root_conv")(x)
     h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+    unit = layers.maybe_remat(BottleneckV2, self.remat, train_argnum=2)
     for stage, num_units in enumerate(self.units):
       for u in range(num_units):
         strides = 2 if stage > 0 and u == 0 else 1
-        h = BottleneckV2(self.base_width * self.width * 2**stage, strides, self.bn_momentum,
-                         self.bn_eps, self.dtype, name=f"stage{stage}_unit{u}")(h, train)
+        h = unit(self.base_width * self.width * 2**stage, strides, self.bn_momentum,
+                 self.bn_eps, self.dtype, name=f"stage{stage}_unit{u}")(h, train)
     h = nn.relu(layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype,
                                   name="final_bn")(h))
     return jnp.mean(h.astype(jnp.float32), axis=(1, 2))
@@ -74,6 +79,8 @@ class Encoder(nn.Module):
     reversible_backward: RevNet only; recompute activations on the backward pass.
     units: units per stage; None = the trunk's standard depth (e.g. (3, 4, 6, 3) for -50).
       Only the tiny `runlocal` configs change it, to compile fast.
+    remat: ResNet-v2 only; recompute each bottleneck unit's activations on the backward pass
+      (`nn.remat`, same parameters). A RevNet saves memory with `reversible_backward` instead.
   """
   z_dim: int = 120
   trunk: str = "resnet_v2_50"
@@ -87,6 +94,7 @@ class Encoder(nn.Module):
   bn_eps: float = 1e-5
   dtype: Any = jnp.float32
   units: Optional[tuple] = None
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -99,7 +107,8 @@ class Encoder(nn.Module):
                            name="trunk")(x, train)
     else:
       feat = ResNetV2(tuple(self.units or RESNET_UNITS[self.trunk]), self.width, self.base_width,
-                      self.bn_momentum, self.bn_eps, self.dtype, name="trunk")(x, train)
+                      self.bn_momentum, self.bn_eps, self.dtype, self.remat, name="trunk")(
+                          x, train)
     # The hub module's "BN+CReLU" features: BN without learned scale or offset, then CReLU.
     normed = layers.batch_norm(train, self.bn_eps, self.bn_momentum, jnp.float32,
                                use_scale=False, use_bias=False, name="feat_bn")(feat)

@@ -30,6 +30,8 @@ class Generator(nn.Module):
     shared_dim: size of the learned single-label embedding e (0: condition on z chunks only).
     attn_res: resolution after which the self-attention block sits (0: none).
     out_channels: image channels (3 for RGB).
+    remat: recompute each ResBlock-up's and the attention block's activations on the backward
+      pass instead of storing them (`nn.remat`; same parameters, less memory).
   """
   resolution: int = 128
   ch: int = 96
@@ -40,6 +42,7 @@ class Generator(nn.Module):
   bn_momentum: float = 0.9
   sn_eps: float = 1e-4
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z, train: bool = True):
@@ -54,14 +57,16 @@ class Generator(nn.Module):
     cond = [c.astype(self.dtype) for c in cond]
 
     kw = dict(sn_eps=self.sn_eps, dtype=self.dtype)
+    block = layers.maybe_remat(layers.GBlock, self.remat, train_argnum=3)
+    attention = layers.maybe_remat(layers.SelfAttention, self.remat, train_argnum=2)
     h = layers.SNDense(4 * 4 * mults[0] * self.ch, name="linear", **kw)(
         chunks[0].astype(self.dtype), train)
     h = h.reshape(z.shape[0], 4, 4, mults[0] * self.ch)
     for i, mult in enumerate(mults[1:]):
-      h = layers.GBlock(mult * self.ch, self.bn_eps, self.bn_momentum, name=f"block{i}", **kw)(
+      h = block(mult * self.ch, self.bn_eps, self.bn_momentum, name=f"block{i}", **kw)(
           h, cond[i], train)
       if h.shape[1] == self.attn_res:
-        h = layers.SelfAttention(name="attention", **kw)(h, train)
+        h = attention(name="attention", **kw)(h, train)
     h = layers.batch_norm(train, self.bn_eps, self.bn_momentum, self.dtype, name="out_bn")(h)
     h = layers.SNConv(self.out_channels, 3, name="out_conv", **kw)(nn.relu(h), train)
     return jnp.tanh(h.astype(jnp.float32))

@@ -5,6 +5,7 @@ spectral-norm power-iteration state (u, sigma) in its own collection `SPECTRAL`,
 never sees it and evaluation can freeze it.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -17,6 +18,22 @@ SPECTRAL = "spectral"  # collection holding the spectral-norm u vectors and sigm
 orthogonal = nn.initializers.orthogonal
 # He init for the encoder (a standard ResNet, no spectral norm).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+
+@functools.cache
+def _rematerialised(module_cls, train_argnum: int):
+  return nn.remat(module_cls, static_argnums=(train_argnum,))
+
+
+def maybe_remat(module_cls, remat: bool, train_argnum: int):
+  """`module_cls`, or with `remat` its `nn.remat` version, which stores only the block's input
+  and recomputes its activations on the backward pass (less memory, about one more forward).
+
+  Variable names and shapes are the same either way, so checkpoints are interchangeable.
+  `train_argnum` is the position of the `train` flag in `__call__` (`self` is 0): a Python bool
+  that picks BN/SN behaviour, so it must stay static.
+  """
+  return _rematerialised(module_cls, train_argnum) if remat else module_cls
 
 
 def he_conv(features: int, kernel: int, strides: int = 1, *, dtype, name: str) -> nn.Conv:
