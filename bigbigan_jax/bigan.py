@@ -67,6 +67,7 @@ def make_baseline_step(networks, optimizers, config, mesh, adversarial_step):
     adversarial_step: `make(networks, optimizers, config, mesh)` of the ordinary step; with the
       encoder removed it is the plain GAN step (D(x) and G, the config's loss form).
   """
+  from bigbigan_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   method = method_of(config)
   G, E = networks.generator, networks.encoder
   z_dim, z_dist = config.model.z_dim, config.model.z_dist
@@ -126,15 +127,7 @@ def make_baseline_step(networks, optimizers, config, mesh, adversarial_step):
     return new, {"recon_loss": loss}
 
   def sample_z(key):
-    if z_dist == "uniform":
-      return jax.random.uniform(key, (config.batch_size, z_dim), jnp.float32, -1.0, 1.0)
-    return jax.random.normal(key, (config.batch_size, z_dim), jnp.float32)
-
-  def update_ema(state):
-    decay = jnp.where(state["step"] >= config.ema.start_step, config.ema.decay, 0.0)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                       state["ema"], {k: state["params"][k] for k in state["ema"]})
-    return {**state, "ema": ema}
+    return train.sample_z(key, (config.batch_size, z_dim), z_dist)
 
   def train_step(old_state, images):
     key = jax.random.fold_in(jax.random.key(config.seed + 7919), old_state["step"])
@@ -152,20 +145,14 @@ def make_baseline_step(networks, optimizers, config, mesh, adversarial_step):
         if method == "latent_regressor":
           e_state = _select(old_state["step"] >= gan_steps, e_state, state)
         state, metrics = e_state, {**metrics, **e_metrics}
-      state = _encoder_ema(state, update_ema)
+      if "encoder" in state["ema"]:  # the GAN step already averaged G
+        state = train.update_ema(config, state, ["encoder"])
     else:
       state, metrics = autoencode(state, to_model_space(images[-1]))
-      state = update_ema(state)
+      state = train.update_ema(config, state)
     metrics = {k: v for k, v in metrics.items()
                if not k.startswith("finite/") and k not in ("all_finite", "nonfinite_skipped")}
-    finite = {f"finite/{k}": jnp.all(jnp.isfinite(v)) for k, v in metrics.items()}
-    for name, params in state["params"].items():
-      finite[f"finite/params_{name}"] = jnp.all(jnp.array(
-          [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-    all_finite = jnp.all(jnp.array(list(finite.values())))
-    state["step"] = old_state["step"] + 1
-    return state, {**metrics, **finite, "all_finite": all_finite,
-                   "nonfinite_skipped": state["nonfinite_skipped"]}
+    return train.finish_step(config, old_state, state, metrics)
 
   return train_step
 
@@ -184,12 +171,3 @@ def _merge(state, gan_state):
     else:
       out[k] = v
   return out
-
-
-def _encoder_ema(state, update_ema):
-  """EMA of the encoder only (the GAN step already averaged G)."""
-  if "encoder" not in state["ema"]:
-    return state
-  only_e = {**state, "ema": {"encoder": state["ema"]["encoder"]}}
-  ema = update_ema(only_e)["ema"]["encoder"]
-  return {**state, "ema": {**state["ema"], "encoder": ema}}

@@ -264,13 +264,6 @@ def make_train_step(networks, optimizers, config, mesh):
     grads, stats, metrics = eg_grads_accumulated(state["params"], state["stats"], x_real, key)
     return apply_all(state, grads, stats), metrics
 
-  def update_ema(state):
-    # Before `start_step` the EMA just tracks the weights; SN and BN state are not averaged.
-    decay = jnp.where(state["step"] >= config.ema.start_step, config.ema.decay, 0.0)
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                       state["ema"], {k: state["params"][k] for k in state["ema"]})
-    return {**state, "ema": ema}
-
   def train_step(old_state, images):
     key = jax.random.fold_in(jax.random.key(config.seed), old_state["step"])
     state, metrics = old_state, {}
@@ -279,27 +272,43 @@ def make_train_step(networks, optimizers, config, mesh):
                                 jax.random.fold_in(key, i))
     state, eg_metrics = eg_update(state, real_to_model_space(config, images[-1]),
                                   jax.random.fold_in(key, d_steps))
-    state = update_ema(state)
-    metrics = {**metrics, **eg_metrics}
-    # Divergence guard: one flag per loss/score and per network's parameters.
-    finite = {f"finite/{k}": jnp.all(jnp.isfinite(v)) for k, v in metrics.items()}
-    for name, params in state["params"].items():
-      finite[f"finite/params_{name}"] = jnp.all(jnp.array(
-          [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-    all_finite = jnp.all(jnp.array(list(finite.values())))
-    if config.get("skip_nonfinite", False):
-      # Keep the previous state (but count the step) instead of stopping.
-      state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), state, old_state)
-      state["nonfinite_skipped"] = old_state["nonfinite_skipped"] + (~all_finite).astype(jnp.int32)
-    state["step"] = old_state["step"] + 1
-    return state, {**metrics, **finite, "all_finite": all_finite,
-                   "nonfinite_skipped": state["nonfinite_skipped"]}
+    state = update_ema(config, state)
+    return finish_step(config, old_state, state, {**metrics, **eg_metrics})
 
   # The two halves on their own, for the benchmark: (state, images, key) -> (state, metrics);
   # and their one-batch gradients, for the tests: (params, stats, x, key) -> (grads, stats, m).
   train_step.d_update, train_step.eg_update = d_update, eg_update
   train_step.d_grads, train_step.eg_grads = d_grads, eg_grads
   return train_step
+
+
+def update_ema(config, state, nets=None):
+  """Advances the EMA of `nets` (default: every network in `state['ema']`). Before
+  `ema.start_step` the EMA just tracks the weights; SN and BN state are not averaged."""
+  nets = list(state["ema"]) if nets is None else nets
+  decay = jnp.where(state["step"] >= config.ema.start_step, config.ema.decay, 0.0)
+  ema = {k: jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                         state["ema"][k], state["params"][k]) for k in nets}
+  return {**state, "ema": {**state["ema"], **ema}}
+
+
+def finish_step(config, old_state, state, metrics):
+  """The divergence guard and the step count, shared by every training step.
+
+  One `finite/` flag per metric and per network's parameters; with `skip_nonfinite` a non-finite
+  update is dropped (the old state kept, the drop counted) instead of stopping the run.
+  """
+  finite = {f"finite/{k}": jnp.all(jnp.isfinite(v)) for k, v in metrics.items()}
+  for name, params in state["params"].items():
+    finite[f"finite/params_{name}"] = jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+  all_finite = jnp.all(jnp.array(list(finite.values())))
+  if config.get("skip_nonfinite", False):
+    state = jax.tree.map(lambda new, old: jnp.where(all_finite, new, old), state, old_state)
+    state["nonfinite_skipped"] = old_state["nonfinite_skipped"] + (~all_finite).astype(jnp.int32)
+  state["step"] = old_state["step"] + 1
+  return state, {**metrics, **finite, "all_finite": all_finite,
+                 "nonfinite_skipped": state["nonfinite_skipped"]}
 
 
 def compile_train_step(networks, optimizers, config, mesh):
