@@ -144,6 +144,8 @@ class BigBiGAN:
     self.features_from_d = not self.has_encoder and bigan.method_of(config) == "d_features"
     self.has_features = self.has_encoder or self.features_from_d
     self.feature_keys = FEATURE_OUTPUTS if self.has_encoder else FEATURE_OUTPUTS[:2]
+    if self.bigan_mlp and self.has_encoder:  # E's linear output, where BiGAN measured 1-NN
+      self.feature_keys += ("z_logits",)
     # Every chunk is split evenly over the mesh.
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.variables, self.step = None, None

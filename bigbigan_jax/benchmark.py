@@ -186,13 +186,14 @@ def benchmark_step(config) -> dict:
   raw = train.make_train_step(networks, optimizers, config, mesh)
   key = jax.random.key(0)
   rep = train.replicated(mesh)
+  x = train.real_to_model_space(config, images[0])  # what the halves consume (BiGAN: flat)
   for name in ("d_update", "eg_update"):
     half = jax.jit(getattr(raw, name), out_shardings=(rep, rep), donate_argnums=0)
-    holder["state"], m = half(holder["state"], images[0], key)
+    holder["state"], m = half(holder["state"], x, key)
     jax.block_until_ready(m)
 
     def run_half(half=half):
-      holder["state"], m = half(holder["state"], images[0], key)
+      holder["state"], m = half(holder["state"], x, key)
       return m
 
     result[f"{name.split('_')[0]}_step_s"] = _median_time(run_half, FLAGS.steps)

@@ -26,7 +26,9 @@ encoder) has no encoder metrics; they are listed under 'skipped'.
 
 BiGAN (2017) runs (configs/bigan_mnist.py) also report the paper's two 1-NN numbers side by side
 with raw pixels on the same split: nn1_test (E's penultimate layer; D's hidden layer for the
-d_features baseline), nn1_z_test (E(x)) and nn1_pixels_test.
+d_features baseline), nn1_z_test (E(x), measured as the BiGAN code did on E's linear output
+before the sigmoid, `z_logits`: the squashed z_mean saturates and crowds distances near ±1) and
+nn1_pixels_test.
 """
 
 import copy
@@ -198,7 +200,7 @@ class Evaluator:
       out.update(representation_metrics(
           features, metrics=self.metrics, num_classes=self.num_classes,
           probe_names=PROBE_FEATURES,
-          extra_nn1=(("z", "z_mean"),) if bigan_nn1 and model.has_encoder else ()))
+          extra_nn1=(("z", "z_logits"),) if bigan_nn1 and model.has_encoder else ()))
       if bigan_nn1:
         if self._pixel_nn1 is None:
           self._pixel_nn1 = self.raw_pixels(model, metrics=("knn",))["nn1_test"]

@@ -179,6 +179,7 @@ def make_train_step(networks, optimizers, config, mesh):
   bigan = config.model.get("family", "bigbigan") == "bigan_mlp"
   g_res = None if bigan else config.model.generator.resolution
   data_spec = NamedSharding(mesh, P("data"))
+  separate_d_batches = config.model.get("separate_d_batches", False)
 
   def run(net, params, stats, *args, rngs=None):
     out, new_stats = net.apply({"params": params, **stats}, *args, train=True, rngs=rngs,
@@ -200,9 +201,16 @@ def make_train_step(networks, optimizers, config, mesh):
     return z, x_fake, z_hat, new_stats
 
   def discriminate(d_params, d_stats, x_real, z_hat, x_fake, z):
-    """Scores of encoder pairs (x, E(x)) and generator pairs (G(z), z), in one D call."""
+    """Scores of encoder pairs (x, E(x)) and generator pairs (G(z), z): one D call on both, or
+    with `model.separate_d_batches` one call per pair type, so that batch norm inside D (the
+    BiGAN MLP's) normalises each type with its own statistics, as the BiGAN code did."""
     x_d = x_real if bigan else input_pipeline.d_view(x_real, g_res)
-    x = jnp.concatenate([x_d, x_fake.astype(x_d.dtype)])
+    x_fake = x_fake.astype(x_d.dtype)
+    if separate_d_batches:
+      enc, d_stats = run(D, d_params, d_stats, x_d, z_hat)
+      gen, d_stats = run(D, d_params, d_stats, x_fake, z)
+      return enc, gen, d_stats
+    x = jnp.concatenate([x_d, x_fake])
     zz = None if z_hat is None else jnp.concatenate([z_hat, z])
     scores, new_stats = run(D, d_params, d_stats, x, zz)
     n = x_real.shape[0]
@@ -279,6 +287,7 @@ def make_train_step(networks, optimizers, config, mesh):
   # and their one-batch gradients, for the tests: (params, stats, x, key) -> (grads, stats, m).
   train_step.d_update, train_step.eg_update = d_update, eg_update
   train_step.d_grads, train_step.eg_grads = d_grads, eg_grads
+  train_step.discriminate = discriminate  # (d_params, d_stats, x, z_hat, x_fake, z) -> scores
   return train_step
 
 

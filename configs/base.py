@@ -45,6 +45,7 @@ def _base():
   c.model = ml_collections.ConfigDict()
   c.model.z_dim = 120
   c.model.z_dist = "normal"        # 'normal' | 'uniform'
+  c.model.separate_d_batches = False  # True: D scores each pair type in its own call (its BN)
   c.model.image_channels = 3
   c.model.generator = ml_collections.ConfigDict(dict(
       resolution=128, ch=96, shared_dim=128, attn_res=64,

@@ -61,7 +61,11 @@ def get_config(arg=None):
 
   c.model = ml_collections.ConfigDict(dict(
       family="bigan_mlp", image_size=28, image_channels=1, x_dim=784, hidden=1024,
-      z_dim=50, z_dist="uniform"))
+      z_dim=50, z_dist="uniform",
+      # As the BiGAN code: D scores encoder and generator pairs in separate batches (its BN
+      # normalises each type apart), and no layer has a bias; weights start N(0, 0.02^2).
+      separate_d_batches=True, use_bias=False,
+      init_stddev=ml_collections.FieldReference(0.02, field_type=float)))
   c.model.encoder = ml_collections.ConfigDict(dict(
       enabled=row.get("encoder", True), output="uniform"))
 

@@ -149,3 +149,38 @@ def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_dat
   for key in ("nn1_test", "nn1_z_test", "nn1_pixels_test"):
     assert 0.1 < record[key] <= 1.0, (key, record)
   assert os.path.exists(os.path.join(workdir, "images", "samples_0000006.png"))
+
+
+def test_the_bigan_code_layers_have_no_bias_and_small_gaussian_weights():
+  config = bigan_mnist.get_config()
+  assert (config.model.use_bias, config.model.init_stddev) == (False, 0.02)
+  _, networks, _, _ = train.setup(config)
+  variables = jax.jit(lambda: networks.discriminator.init(
+      jax.random.key(0), jnp.zeros((2, 784)), jnp.zeros((2, 50)), train=True))()
+  leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+  assert not [p for p, _ in leaves if "bias" in jax.tree_util.keystr(p)]
+  kernel = variables["params"]["Dense_0"]["kernel"]
+  assert kernel.shape == (784, 1024)
+  np.testing.assert_allclose(np.std(kernel), 0.02, rtol=0.02)
+
+
+def test_separate_d_batches_normalise_each_pair_type_on_its_own():
+  """With model.separate_d_batches, D's batch norm sees the encoder pairs alone: their scores
+  equal D applied to them without the generator pairs, and differ from one joint call's."""
+  rng = np.random.default_rng(0)
+  n = 8
+  x, x_fake = (jnp.asarray(rng.uniform(0, 1, (n, 784)), jnp.float32) for _ in range(2))
+  z_hat, z = (jnp.asarray(rng.uniform(-1, 1, (n, 50)), jnp.float32) for _ in range(2))
+  scores = {}
+  for separate in (True, False):
+    config = _tiny("bigan", **{"model.separate_d_batches": separate})
+    mesh, networks, optimizers, _ = train.setup(config)
+    state = train.fresh_state(networks, optimizers, config, mesh)
+    step = train.make_train_step(networks, optimizers, config, mesh)
+    params, stats = state["params"]["discriminator"], state["stats"]["discriminator"]
+    enc, gen, _ = step.discriminate(params, stats, x, z_hat, x_fake, z)
+    scores[separate] = np.asarray(enc["s_xz"])
+    alone, _ = networks.discriminator.apply({"params": params, **stats}, x, z_hat, train=True,
+                                            mutable=list(stats))
+  np.testing.assert_allclose(scores[True], np.asarray(alone["s_xz"]), rtol=1e-5, atol=1e-6)
+  assert np.max(np.abs(scores[True] - scores[False])) > 1e-3

@@ -35,10 +35,11 @@ def build(config) -> Networks:
   dtype = compute_dtype(config)
   loss = config.loss
   if m.get("family", "bigbigan") == "bigan_mlp":
-    encoder = MLPEncoder(m.z_dim, m.hidden, dtype=dtype) if m.encoder.enabled else None
+    kw = dict(use_bias=m.get("use_bias", True), init_stddev=m.get("init_stddev"), dtype=dtype)
+    encoder = MLPEncoder(m.z_dim, m.hidden, **kw) if m.encoder.enabled else None
     joint = encoder is not None and config.get("method", "bigan") == "bigan"  # else a GAN's D(x)
-    return Networks(MLPGenerator(m.hidden, m.x_dim, dtype=dtype), encoder,
-                    MLPDiscriminator(m.hidden, use_z=joint, dtype=dtype))
+    return Networks(MLPGenerator(m.hidden, m.x_dim, **kw), encoder,
+                    MLPDiscriminator(m.hidden, use_z=joint, **kw))
   g, d, e = m.generator, m.discriminator, m.encoder
   generator = Generator(g.resolution, g.ch, g.shared_dim, g.attn_res, m.image_channels,
                         g.bn_eps, g.bn_momentum, g.sn_eps, dtype, remat=g.get("remat", False))

@@ -1,6 +1,6 @@
 """The BiGAN (2017) permutation-invariant MNIST networks (SPEC §9): 784-d x, 50-d z, MLPs."""
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -13,19 +13,29 @@ def _bn(train, dtype):
   return layers.batch_norm(train, 1e-5, 0.9, dtype, use_scale=False, use_bias=False)
 
 
+def _dense(module, features):
+  """The MLPs' fully connected layer. The BiGAN code's layers had no bias and N(0, 0.02²)
+  weights (`use_bias=False, init_stddev=0.02`); flax's default is a bias and LeCun init."""
+  init = (nn.initializers.lecun_normal() if module.init_stddev is None
+          else nn.initializers.normal(module.init_stddev))
+  return nn.Dense(features, use_bias=module.use_bias, kernel_init=init, dtype=module.dtype)
+
+
 class MLPGenerator(nn.Module):
   """ReLU(BN(FC 1024 z)) -> ReLU(BN(FC 1024 h + FC_z 1024 z)) -> sigmoid(FC 784)."""
   hidden: int = 1024
   out_dim: int = 784
+  use_bias: bool = True
+  init_stddev: Optional[float] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, train: bool = True):
     z = z.astype(self.dtype)
-    h = nn.relu(_bn(train, self.dtype)(nn.Dense(self.hidden, dtype=self.dtype)(z)))
-    h = nn.Dense(self.hidden, dtype=self.dtype)(h) + nn.Dense(self.hidden, dtype=self.dtype)(z)
+    h = nn.relu(_bn(train, self.dtype)(_dense(self, self.hidden)(z)))
+    h = _dense(self, self.hidden)(h) + _dense(self, self.hidden)(z)
     h = nn.relu(_bn(train, self.dtype)(h))
-    return nn.sigmoid(nn.Dense(self.out_dim, dtype=self.dtype)(h).astype(jnp.float32))
+    return nn.sigmoid(_dense(self, self.out_dim)(h).astype(jnp.float32))
 
 
 class MLPEncoder(nn.Module):
@@ -35,14 +45,16 @@ class MLPEncoder(nn.Module):
   """
   z_dim: int = 50
   hidden: int = 1024
+  use_bias: bool = True
+  init_stddev: Optional[float] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
-    h = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype)(x), 0.2)
-    h = nn.leaky_relu(_bn(train, self.dtype)(nn.Dense(self.hidden, dtype=self.dtype)(h)), 0.2)
-    logits = nn.Dense(self.z_dim, dtype=self.dtype)(h).astype(jnp.float32)
+    h = nn.leaky_relu(_dense(self, self.hidden)(x), 0.2)
+    h = nn.leaky_relu(_bn(train, self.dtype)(_dense(self, self.hidden)(h)), 0.2)
+    logits = _dense(self, self.z_dim)(h).astype(jnp.float32)
     z = 2 * nn.sigmoid(logits) - 1
     feat = h.astype(jnp.float32)
     return {"avepool_feat": feat, "bn_crelu_feat": jnp.concatenate([nn.relu(feat), nn.relu(-feat)], -1),
@@ -58,17 +70,19 @@ class MLPDiscriminator(nn.Module):
   """
   hidden: int = 1024
   use_z: bool = True
+  use_bias: bool = True
+  init_stddev: Optional[float] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, z=None, train: bool = True):
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
-    h = nn.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype)(x), 0.2)
-    h = nn.Dense(self.hidden, dtype=self.dtype)(h)
+    h = nn.leaky_relu(_dense(self, self.hidden)(x), 0.2)
+    h = _dense(self, self.hidden)(h)
     if self.use_z:
-      h = h + nn.Dense(self.hidden, dtype=self.dtype)(z.astype(self.dtype))
+      h = h + _dense(self, self.hidden)(z.astype(self.dtype))
     h = nn.leaky_relu(_bn(train, self.dtype)(h), 0.2)
-    score = nn.Dense(1, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)
+    score = _dense(self, 1)(h)[:, 0].astype(jnp.float32)
     out = {"s_x": None, "s_z": None, "s_xz": None, "features": h.astype(jnp.float32)}
     out["s_xz" if self.use_z else "s_x"] = score
     return out
