@@ -100,6 +100,54 @@ class PreemptionWatch:
     return self.requested
 
 
+class BestCheckpoint:
+  """`WORKDIR/best/`: the checkpoint whose in-training evaluation scored best on
+  `eval.best_metric` (the paper selects by train_val linear-probe accuracy), `eval.best_mode`
+  'max' or 'min'. It is an ordinary workdir holding one checkpoint, so
+  `bigbigan_jax.load('WORKDIR/best')` and `evaluate --workdir=WORKDIR/best` read it; `best.json`
+  beside it records {step, metric, value} and survives restarts."""
+
+  def __init__(self, config, workdir: str):
+    section = config.get("eval") or {}
+    self.metric = section.get("best_metric") or ""
+    self.maximize = section.get("best_mode", "max") == "max"
+    self.directory = os.path.join(workdir, "best")
+    self.record_path = os.path.join(self.directory, "best.json")
+    self.record = None
+    if self.metric and os.path.exists(self.record_path):
+      with open(self.record_path) as f:
+        record = json.load(f)
+      if record.get("metric") == self.metric:
+        self.record = record
+    self._checkpointer = None
+
+  def update(self, step: int, results: dict, state, data_state, config):
+    """Saves `state` as the new best if `results[metric]` beats the best so far."""
+    value = results.get(self.metric) if self.metric else None
+    if value is None:
+      return
+    if self.record is not None:
+      best = self.record["value"]
+      if (value <= best) if self.maximize else (value >= best):
+        return
+    if self._checkpointer is None:
+      self._checkpointer = checkpoint.Checkpointer(self.directory, keep=1)
+    self._checkpointer.save(step, state, data_state, config)
+    self._checkpointer.wait()  # best.json never names a step that is not on disk
+    self.record = {"step": step, "metric": self.metric, "value": value}
+    if jax.process_index() == 0:
+      with open(self.record_path + ".tmp", "w") as f:
+        json.dump(self.record, f)
+      os.replace(self.record_path + ".tmp", self.record_path)
+    print(f"New best {self.metric} = {value:.4f} at step {step}: saved to {self.directory}",
+          flush=True)
+
+  def close(self):
+    if self._checkpointer is not None:
+      self._checkpointer.wait()
+      self._checkpointer.close()
+
+
 def _check_finite(step: int, metrics, last_saved):
   """Raises TrainingDiverged naming the step and every non-finite term."""
   if bool(_fetch(metrics["all_finite"])):
@@ -160,6 +208,7 @@ def train_and_evaluate(config, workdir: str):
     from bigbigan_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluator = evaluate.make_evaluator(config, networks, mesh)
   eval_path = os.path.join(workdir, "eval.jsonl")
+  best = BestCheckpoint(config, workdir)
   d_steps = config.optim.d_steps
   timer = train.Timer(total, config.batch_size * d_steps, start)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
@@ -198,6 +247,7 @@ def train_and_evaluate(config, workdir: str):
       if is_main:
         with open(eval_path, "a") as f:
           f.write(json.dumps({**results, "step": step, "weights": "ema"}) + "\n")
+      best.update(step, results, state, train_iter.get_state(), config)
     preempted = preemption.reached(step)
     if step % config.checkpoint_every == 0 or step == total or preempted:
       ckpt.save(step, state, train_iter.get_state(), config)
@@ -205,11 +255,13 @@ def train_and_evaluate(config, workdir: str):
     if preempted:
       ckpt.wait()
       ckpt.close()
+      best.close()
       print(f"Preempted (SIGTERM): saved the checkpoint at step {step}; rerun the same command "
             "to resume.", flush=True)
       return state
   ckpt.wait()
   ckpt.close()
+  best.close()
   writer.flush()
   if metrics_file:
     metrics_file.close()

@@ -57,6 +57,8 @@ def validate(config, num_devices: int | None = None):
            f"the micro-batch config.batch_size / config.optim.grad_accum = {micro} is not "
            f"divisible by the {num_devices} devices; set --config.optim.grad_accum so that "
            f"batch_size / grad_accum is a multiple of {num_devices}")
+  if config.get("eval") is not None and "best_mode" in config.eval:
+    _check_choice(config.eval.best_mode, ("max", "min"), "eval.best_mode")
   loss = config.loss
   _check_choice(loss.form, ("hinge", "bce"), "loss.form")
   _check_choice(loss.reduction, ("sum", "mean"), "loss.reduction")

@@ -28,7 +28,10 @@ def _base():
   c.eval = ml_collections.ConfigDict(dict(
       metrics="linear_probe,knn,recon", batch_size=256,
       train_examples=ml_collections.FieldReference(50_000, field_type=int),  # probe/k-NN bank
-      num_fid_samples=10_000, standing_stats=True))  # fid,is (need --inception_weights)
+      num_fid_samples=10_000, standing_stats=True,  # fid,is (need --inception_weights)
+      # WORKDIR/best/ keeps the checkpoint that scored best on this in-training metric (the
+      # paper's model selection: train_val linear-probe accuracy); '' keeps none.
+      best_metric="linear_probe_avepool_train_val", best_mode="max"))
   c.skip_nonfinite = False       # True: drop non-finite updates (counted) instead of stopping
 
   c.data = ml_collections.ConfigDict()

@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.image_every = 2000
   c.eval_every = 2000              # 1-NN (E(x), penultimate, pixels) to eval.jsonl, and at the end
   c.eval = ml_collections.ConfigDict(dict(
-      metrics="knn", batch_size=500,
+      metrics="knn", batch_size=500, best_metric="", best_mode="max",
       train_examples=ml_collections.FieldReference(None, field_type=int)))
   c.skip_nonfinite = False
   # Latent regressor: GAN steps before E is fit (the rest of `total_steps` trains E alone).

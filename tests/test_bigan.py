@@ -139,7 +139,7 @@ def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_dat
   command = [sys.executable, "-m", "bigbigan_jax.main",
              f"--config={os.path.join(REPO, 'configs', 'bigan_mnist.py')}:runlocal",
              f"--workdir={workdir}", f"--config.data.data_dir={mnist_data_dir}",
-             "--config.eval_every=6"]
+             "--config.eval_every=3", "--config.eval.best_metric=nn1_test"]
   result = subprocess.run(command, env=env_for(1), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -149,6 +149,14 @@ def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_dat
   for key in ("nn1_test", "nn1_z_test", "nn1_pixels_test"):
     assert 0.1 < record[key] <= 1.0, (key, record)
   assert os.path.exists(os.path.join(workdir, "images", "samples_0000006.png"))
+  # WORKDIR/best/ holds the checkpoint with the highest eval.best_metric, as best.json says.
+  with open(os.path.join(workdir, "eval.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [3, 6]
+  top = max(records, key=lambda r: (r["nn1_test"], -r["step"]))  # ties keep the earlier step
+  with open(os.path.join(workdir, "best", "best.json")) as f:
+    assert json.load(f) == {"step": top["step"], "metric": "nn1_test", "value": top["nn1_test"]}
+  assert api.load(os.path.join(workdir, "best")).step == top["step"]
 
 
 def test_the_bigan_code_layers_have_no_bias_and_small_gaussian_weights():
