@@ -180,34 +180,50 @@ class BigBiGAN:
     all equal to S = 2^20) stores m S + (1 - m) * moment, and the difference of the two is m S
     (a large S keeps m exact to float32 precision whatever the size of the moments).
     """
-    if self.variables is None:
-      raise UserError("no weights bound: use bigbigan_jax.load(workdir) or model.with_state(state)")
-    if "batch_stats" not in self.variables["generator"] or num_batches < 1:
+    if num_batches < 1:
       return self
-    generator = self.networks.generator
-
-    def updated_stats(variables, z, start):
-      g = variables["generator"]
-      stats = jax.tree.map(lambda s: jnp.full_like(s, start), g["batch_stats"])
-      _, new = generator.apply({**g, "batch_stats": stats}, z, train=True, mutable=True)
-      return new["batch_stats"]
-
-    fn = self.cached_jit("standing_stats", updated_stats)
     z = self.sample_z(num_batches * self.batch_size, seed).reshape(
         num_batches, self.batch_size, self.z_dim)
+    return self._with_standing_stats("generator", [self._local_rows(chunk) for chunk in z])
+
+  def with_encoder_standing_stats(self, local_batches) -> "BigBiGAN":
+    """A copy whose E normalises with the average batch moments of `local_batches` (this
+    process's rows of global image batches in [-1, 1], e.g. from `extract.split_batches`), as
+    `with_standing_stats` does for G. A freshly initialised E needs it: its BN statistics are
+    the initial (mean 0, variance 1), so in inference mode its BN layers are the identity, a
+    different function from the normalised one that training sees."""
+    return self._with_standing_stats("encoder", list(local_batches))
+
+  def _with_standing_stats(self, net: str, local_batches) -> "BigBiGAN":
+    """`net`'s `batch_stats` replaced by the plain average of its per-batch moments over
+    `local_batches` (its inputs, run in training mode); see `with_standing_stats`."""
+    if self.variables is None:
+      raise UserError("no weights bound: use bigbigan_jax.load(workdir) or model.with_state(state)")
+    if net not in self.variables or "batch_stats" not in self.variables[net] or not local_batches:
+      return self
+    module = getattr(self.networks, net)
+    prepare = (lambda x: train.real_to_model_space(self.config, x)) if net == "encoder" else (
+        lambda z: z)
+
+    def updated_stats(variables, inputs, start):
+      v = variables[net]
+      stats = jax.tree.map(lambda s: jnp.full_like(s, start), v["batch_stats"])
+      _, new = module.apply({**v, "batch_stats": stats}, prepare(inputs), train=True,
+                            mutable=True)
+      return new["batch_stats"]
+
+    fn = self.cached_jit(("standing_stats", net), updated_stats)
     total = None
-    for k in range(num_batches):
-      scaled = fn(self.variables, self.to_device(self._local_rows(z[k])), jnp.float32(0.0))
+    for k, rows in enumerate(local_batches):
+      scaled = fn(self.variables, self.to_device(rows), jnp.float32(0.0))
       total = scaled if total is None else jax.tree.map(jnp.add, total, scaled)
       if k == 0:
         probe = 2.0 ** 20
-        from_probe = fn(self.variables, self.to_device(self._local_rows(z[0])),
-                        jnp.float32(probe))
+        from_probe = fn(self.variables, self.to_device(rows), jnp.float32(probe))
         one_minus_m = jax.tree.map(lambda a, b: 1.0 - (b - a) / probe, scaled, from_probe)
-    stats = jax.tree.map(lambda t, w: t / (w * num_batches), total, one_minus_m)
+    stats = jax.tree.map(lambda t, w: t / (w * len(local_batches)), total, one_minus_m)
     bound = copy.copy(self)
-    bound.variables = {**self.variables,
-                       "generator": {**self.variables["generator"], "batch_stats": stats}}
+    bound.variables = {**self.variables, net: {**self.variables[net], "batch_stats": stats}}
     return bound
 
   def cached_jit(self, key, fn):

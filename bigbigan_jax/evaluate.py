@@ -32,6 +32,7 @@ nn1_pixels_test.
 """
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -56,6 +57,7 @@ from bigbigan_jax.errors import UserError
 METRICS = ("linear_probe", "knn", "recon")
 GENERATION_METRICS = ("fid", "is")  # need --inception_weights
 STANDING_STATS_BATCHES = 16  # batches of z for G's standing BN statistics
+ENCODER_STATS_BATCHES = 16  # train batches for E's (--encoder_standing_stats)
 FID_SEED = 0  # the generated samples' latents (fixed: checkpoints are compared on the same z)
 KNN_KS = (1, 5)
 PROBE_FEATURES = (("avepool", "avepool_feat"), ("bn_crelu", "bn_crelu_feat"))
@@ -419,6 +421,11 @@ def define_flags():
   flags.DEFINE_bool("ema", True, "Use the EMA weights of G and E (--noema: the raw weights).")
   flags.DEFINE_bool("random_init", False, "Baseline: the same architecture, freshly initialised.")
   flags.DEFINE_bool("raw_pixels", False, "Baseline: the probes on raw pixels instead of features.")
+  flags.DEFINE_bool("encoder_standing_stats", False,
+                    "Re-estimate E's batch-norm statistics as the average moments of "
+                    f"{ENCODER_STATS_BATCHES} batches of the train split before evaluating; with "
+                    "--random_init this is the random twin normalised as in training (at init "
+                    "its BN statistics are mean 0, variance 1: the identity).")
   flags.DEFINE_string("inception_weights", None,
                       f"fid,is: the FID Inception-v3 weights, pytorch-fid's "
                       f"{inception_lib.WEIGHTS_FILE} (or an .npz of it); never downloaded.")
@@ -465,6 +472,14 @@ def main(argv):
         state, use_ema=FLAGS.ema)
     weights = "ema" if FLAGS.ema else "raw"
   data = extract.data_config_for(config, FLAGS.dataset, FLAGS.data_dir)
+  if FLAGS.encoder_standing_stats:
+    if not model.has_encoder or FLAGS.raw_pixels:
+      raise UserError("--encoder_standing_stats needs an encoder: drop it (GAN mode, D "
+                      "features or --raw_pixels)")
+    batches = itertools.islice(extract.split_batches(model, data, data.train_split),
+                               ENCODER_STATS_BATCHES)
+    model = model.with_encoder_standing_stats(b["image"] for b in batches)
+    weights += "+encoder_standing_stats"
   evaluator = Evaluator(model, data, metrics=metrics, train_examples=FLAGS.train_examples,
                         progress=True, cache=False, reference_dir=api.workdir_of(FLAGS.workdir),
                         **_generation_settings(config, metrics, inception,

@@ -156,6 +156,17 @@ def test_load_reproduces_encoder_apply_on_ema_variables(run_dir):
   with pytest.raises(UserError, match="preprocess"):
     model.encode(np.zeros((2, 28, 28, 1), np.float32))
 
+  # E's standing statistics from one batch: E in inference mode = E in training mode on it.
+  batch = x[:4]
+  standing = model.with_encoder_standing_stats([batch])
+  trained_mode, _ = networks.encoder.apply(variables, jnp.asarray(batch), train=True,
+                                           mutable=["batch_stats"])
+  np.testing.assert_allclose(standing.encode(batch)["avepool_feat"],
+                             trained_mode["avepool_feat"], rtol=1e-3, atol=1e-4)
+  assert not np.allclose(model.encode(batch)["avepool_feat"], trained_mode["avepool_feat"],
+                         atol=1e-3)  # the running statistics of training
+  assert standing.variables["encoder"]["params"] is model.variables["encoder"]["params"]
+
 
 def _run_cli(module, *flags):
   result = subprocess.run([sys.executable, "-m", module, *flags], env=env_for(1), cwd=REPO,
