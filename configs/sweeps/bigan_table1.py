@@ -5,8 +5,9 @@ r"""Table 1 of BiGAN (Donahue et al., 2017), permutation-invariant MNIST: BiGAN 
 
 Each run is `configs/bigan_mnist.py:variant=<row>,seed=<k>` in `WORKROOT/bigan_table1/<row>-seed<k>`
 and evaluates itself at its last step (1-NN on E(x), on E's penultimate layer and on raw pixels,
-over the 1,000 test digits with the 4,000 training digits as the bank). The schedule is the
-paper's, scaled to the 3,500 training digits: each row takes about ten minutes on 2 CPU cores.
+over the 1,000 test digits with the 3,500 training digits outside train_val as the bank). The
+schedule is the paper's, scaled to the 3,500 training digits: each row takes about 12 minutes on
+2 CPU cores alone (`--parallel=2` runs two at a time at nearly the same speed each).
 """
 
 import os
