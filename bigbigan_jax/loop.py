@@ -119,6 +119,14 @@ class BestCheckpoint:
         record = json.load(f)
       if record.get("metric") == self.metric:
         self.record = record
+    if self.metric and jax.process_count() > 1:
+      # Every process must take the same save decisions (orbax saves are collective): they all
+      # follow process 0's record.
+      known, step, value = multihost_utils.broadcast_one_to_all(np.array(
+          [self.record is not None, (self.record or {}).get("step", 0),
+           (self.record or {}).get("value", 0.0)], np.float64))
+      self.record = ({"step": int(step), "metric": self.metric, "value": float(value)}
+                     if known else None)
     self._checkpointer = None
 
   def update(self, step: int, results: dict, state, data_state, config):
