@@ -26,7 +26,7 @@ setuptools.setup(
         "importlib_resources",  # needed by TFDS (etils.epath) when it builds a dataset
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.90", "mlxtend>=0.23"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.90", "mlxtend>=0.23"],
         "demo": ["mlxtend>=0.23"],
     },
 )

@@ -4,26 +4,22 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jax_environment import CACHE_ENV, XLA_TEST_FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "mnist.py") + ":runlocal"
-# One persistent XLA compilation cache for all subprocesses of a test session: most runs compile
-# the same tiny programs, so only the first pays for compilation.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="bigbigan_jax_test_cache_")
 
 
 def env_for(devices: int) -> dict:
-  """The environment of a CPU subprocess with `devices` fake devices."""
+  """The environment of a CPU subprocess with `devices` fake devices (and the shared cache)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
-             TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+             TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=XLA_TEST_FLAGS, **CACHE_ENV)
   return env
 
 

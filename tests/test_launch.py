@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from cli_helpers import env_for
 from launch import summarize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,9 +29,7 @@ SMOKE = os.path.join(REPO, "configs", "sweeps", "smoke.py")
 
 
 def _env():
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-  env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", TF_CPP_MIN_LOG_LEVEL="2")
-  return env
+  return env_for(1)
 
 
 def _tool(script, *args, timeout=120):

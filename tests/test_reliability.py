@@ -190,10 +190,15 @@ def _free_port():
     return s.getsockname()[1]
 
 
+# With the suite in one process, process 0 always exited within a 10 s heartbeat timeout; beside a
+# second pytest worker on 2 cores it once took 11.9 s and was aborted by the heartbeat (2026-12-02).
+HEARTBEAT_S = 30
+
+
 def test_a_killed_process_stops_the_other_quickly_with_one_line(tmp_path, mnist_data_dir):
   """2 processes x 4 CPU devices on 127.0.0.1; once both train, process 1 gets SIGKILL. Process
-  0 must not hang: it exits with status 1 well within the heartbeat timeout, with one `error:`
-  line that names the problem and the fix."""
+  0 must not hang: it exits with status 1 before the heartbeat timeout (which would abort it
+  with a stack dump), with one `error:` line that names the problem and the fix."""
   workdir = str(tmp_path / "run")
   port = _free_port()
   # Both processes compile cold: with a warm persistent cache only process 0 would skip
@@ -204,7 +209,7 @@ def test_a_killed_process_stops_the_other_quickly_with_one_line(tmp_path, mnist_
       main_command(workdir, mnist_data_dir, "--config.total_steps=100000",
                    "--config.image_every=100000", "--config.checkpoint_every=100000",
                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                   f"--process_id={i}", "--heartbeat_timeout_s=10"),
+                   f"--process_id={i}", f"--heartbeat_timeout_s={HEARTBEAT_S}"),
       env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
   try:
     deadline = time.time() + 900  # cold compilation of two processes on a busy 2-core machine
@@ -223,7 +228,7 @@ def test_a_killed_process_stops_the_other_quickly_with_one_line(tmp_path, mnist_
   err = logs[0].read()
   print(f"process 0 exited {took:.2f} s after process 1 was killed")
   assert returncode == 1, err[-3000:]
-  assert took < 10, f"took {took:.1f} s"  # sooner than the heartbeat timeout would have ended it
+  assert took < HEARTBEAT_S, f"took {took:.1f} s"
   lines = [l for l in err.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
   assert "process 0 of 2 lost contact with another process of this run" in lines[0], lines[0]
