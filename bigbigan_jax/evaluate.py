@@ -12,6 +12,7 @@ as `*_test`):
 
   linear_probe_{avepool,bn_crelu}_{train_val,test}   softmax regression on standardised features
   nn1_test, knn{1,5}_{euclidean,cosine}_test          k-NN on avepool_feat, train split as the bank
+  nn1_train_val                                       the same 1-NN on train_val (model selection)
   recon_mse_test                                      mean (G(E(x)) - x)^2 in [-1, 1] pixel units
   fid, is, is_std                                     G's samples (EMA weights, standing BN
                                                       statistics) vs the evaluation split
@@ -106,6 +107,10 @@ def representation_metrics(features, *, metrics, num_classes, probe_names,
       for k, value in accuracy.items():
         out[f"knn{k}_{metric}_test"] = value
     out["nn1_test"] = out["knn1_euclidean_test"]
+    if val is not None:  # for model selection: train_val against the same bank
+      out["nn1_train_val"] = metrics_lib.knn_accuracy(
+          tr[key], tr["labels"], val[key], val["labels"], ks=(1,), metric="euclidean",
+          num_classes=num_classes)[1]
     for name, key in extra_nn1:
       out[f"nn1_{name}_test"] = metrics_lib.knn_accuracy(
           tr[key], tr["labels"], te[key], te["labels"], ks=(1,), metric="euclidean",
@@ -150,7 +155,7 @@ class Evaluator:
     needed = set()
     if labelled and {"linear_probe", "knn"} & set(metrics):
       needed |= {"train", "test"}
-      if "linear_probe" in metrics and self.counts.get("train_val", 0) > 0:
+      if self.counts.get("train_val", 0) > 0:
         needed.add("train_val")
     if encoder and "recon" in metrics:
       needed.add("test")

@@ -46,9 +46,11 @@ def get_config(arg=None):
   c.checkpoint_every = 2000
   c.keep_checkpoints = 2
   c.image_every = 2000
-  c.eval_every = 2000              # 1-NN (E(x), penultimate, pixels) to eval.jsonl, and at the end
+  c.eval_every = 500               # 1-NN (E(x), penultimate, pixels) to eval.jsonl, and at the end
+  # WORKDIR/best/ keeps the checkpoint whose held-out train_val digits have the best 1-NN (the
+  # penultimate layer against the training bank); its eval.jsonl line is the row's result.
   c.eval = ml_collections.ConfigDict(dict(
-      metrics="knn", batch_size=500, best_metric="", best_mode="max",
+      metrics="knn", batch_size=500, best_metric="nn1_train_val", best_mode="max",
       train_examples=ml_collections.FieldReference(None, field_type=int)))
   c.skip_nonfinite = False
   # Latent regressor: GAN steps before E is fit (the rest of `total_steps` trains E alone).

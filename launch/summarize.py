@@ -68,14 +68,16 @@ def load_sweep_file(path):
 
 def pick_eval(records, pick="last"):
   """One eval.jsonl record of a run: the newest ('last'), or the paper's early stopping ('best':
-  the highest train_val linear-probe accuracy, or the lowest FID if there is no accuracy)."""
+  the highest train_val linear-probe accuracy; for BiGAN MNIST runs the highest train_val 1-NN;
+  the lowest FID if there is no accuracy). Ties keep the earlier step."""
   if not records:
     return {}
   if pick == "last":
     return max(records, key=lambda r: r.get("step", 0))
-  with_cls = [r for r in records if r.get("linear_probe_avepool_train_val") is not None]
-  if with_cls:
-    return max(with_cls, key=lambda r: r["linear_probe_avepool_train_val"])
+  for metric in ("linear_probe_avepool_train_val", "nn1_train_val"):
+    with_cls = [r for r in records if r.get(metric) is not None]
+    if with_cls:
+      return max(with_cls, key=lambda r: (r[metric], -r.get("step", 0)))
   with_fid = [r for r in records if r.get("fid") is not None]
   if with_fid:
     return min(with_fid, key=lambda r: r["fid"])

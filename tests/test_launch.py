@@ -238,3 +238,15 @@ def test_summarize_sweep_order_paper_best_and_csv(fake_sweep):
   assert (base["finished"], base["total"], base["is_mean"], base["is_std"]) == ("2", "2", "21.0",
                                                                                  "1.0")
   assert base["fid_n"] == "1" and table[0]["fid_mean"] == ""
+
+
+def test_pick_best_uses_train_val_accuracy_and_keeps_the_earlier_tie():
+  records = [{"step": 500, "nn1_train_val": 0.90, "nn1_test": 0.91},
+             {"step": 1000, "nn1_train_val": 0.93, "nn1_test": 0.92},
+             {"step": 1500, "nn1_train_val": 0.93, "nn1_test": 0.95},
+             {"step": 2000, "nn1_train_val": 0.80, "nn1_test": 0.85}]
+  assert summarize.pick_eval(records, "best")["step"] == 1000  # BiGAN MNIST: train_val 1-NN
+  assert summarize.pick_eval(records, "last")["step"] == 2000
+  probe = [{"step": 1, "linear_probe_avepool_train_val": 0.5, "nn1_train_val": 0.9},
+           {"step": 2, "linear_probe_avepool_train_val": 0.6, "nn1_train_val": 0.1}]
+  assert summarize.pick_eval(probe, "best")["step"] == 2  # the linear probe comes first
