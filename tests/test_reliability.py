@@ -205,7 +205,10 @@ def test_a_killed_process_stops_the_other_quickly_with_one_line(tmp_path, mnist_
   port = _free_port()
   # Both processes compile cold: with a warm persistent cache only process 0 would skip
   # compilation (JAX caches from process 0 only) and could wait past gloo's fixed 30 s rendezvous.
+  # And XLA's default optimisation level: with the tests' -O0 (jax_environment.py) process 0 kept
+  # waiting in the step's gloo collective for the killed peer until the heartbeat aborted it.
   env = {**env_for(4), "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  env.pop("XLA_FLAGS")
   logs = [open(tmp_path / f"process{i}.err", "w+") for i in range(2)]
   procs = [subprocess.Popen(
       main_command(workdir, mnist_data_dir, "--config.total_steps=100000",
