@@ -190,9 +190,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
-# Alone on the machine process 0 always exited within a 10 s heartbeat timeout. Beside a second
-# pytest worker on 2 cores its gloo collective twice waited on the dead peer until the heartbeat
-# aborted it (11.9 s of 10, 23 s of 30; 2026-12-02): hence `alone`.
+# In one-process suites process 0 always exited within a 10 s heartbeat timeout. Under xdist on
+# 2 cores its gloo collective waited on the dead peer until the heartbeat aborted it in all four CI
+# runs of 2026-12-02 (11.9 s of 10; 23 s, 22.7 s and one more of 30), with `alone` and without.
 HEARTBEAT_S = 30
 
 
@@ -205,8 +205,8 @@ def test_a_killed_process_stops_the_other_quickly_with_one_line(tmp_path, mnist_
   port = _free_port()
   # Both processes compile cold: with a warm persistent cache only process 0 would skip
   # compilation (JAX caches from process 0 only) and could wait past gloo's fixed 30 s rendezvous.
-  # And XLA's default optimisation level: with the tests' -O0 (jax_environment.py) process 0 kept
-  # waiting in the step's gloo collective for the killed peer until the heartbeat aborted it.
+  # And XLA's default optimisation level, tried against the heartbeat aborts above (it did not
+  # prevent them: the last CI run at -O2 aborted as well).
   env = {**env_for(4), "JAX_ENABLE_COMPILATION_CACHE": "false"}
   env.pop("XLA_FLAGS")
   logs = [open(tmp_path / f"process{i}.err", "w+") for i in range(2)]
