@@ -191,8 +191,10 @@ class BigBiGAN:
     process's rows of global image batches in [-1, 1], e.g. from `extract.split_batches`), as
     `with_standing_stats` does for G. A freshly initialised E needs it: its BN statistics are
     the initial (mean 0, variance 1), so in inference mode its BN layers are the identity, a
-    different function from the normalised one that training sees."""
-    return self._with_standing_stats("encoder", list(local_batches))
+    different function from the normalised one that training sees. For the BiGAN "D features"
+    baseline the feature network is D, whose statistics are re-estimated instead."""
+    net = "discriminator" if self.features_from_d else "encoder"
+    return self._with_standing_stats(net, list(local_batches))
 
   def _with_standing_stats(self, net: str, local_batches) -> "BigBiGAN":
     """`net`'s `batch_stats` replaced by the plain average of its per-batch moments over
@@ -202,8 +204,8 @@ class BigBiGAN:
     if net not in self.variables or "batch_stats" not in self.variables[net] or not local_batches:
       return self
     module = getattr(self.networks, net)
-    prepare = (lambda x: train.real_to_model_space(self.config, x)) if net == "encoder" else (
-        lambda z: z)
+    prepare = (lambda z: z) if net == "generator" else (
+        lambda x: train.real_to_model_space(self.config, x))
 
     def updated_stats(variables, inputs, start):
       v = variables[net]

@@ -123,8 +123,10 @@ class Evaluator:
 
   def __init__(self, model, data_config, *, metrics=METRICS, train_examples=None,
                progress=False, cache=True, inception=None, num_fid_samples=10_000,
-               standing_stats=True, reference_dir=None):
-    """FID/IS arguments: `inception` (an `inception.Inception`, required by 'fid' and 'is'),
+               standing_stats=True, reference_dir=None, encoder_stats_batches=0):
+    """`encoder_stats_batches`: before each evaluation, re-estimate the feature network's BN
+    statistics on that many full train batches (see `with_encoder_standing_stats`); 0: keep the
+    running statistics of training. FID/IS arguments: `inception` (an `inception.Inception`, required by 'fid' and 'is'),
     `num_fid_samples` generated images, `standing_stats` (recompute G's BN statistics first, see
     `api.BigBiGAN.with_standing_stats`), `reference_dir` (where the real split's Inception
     statistics are cached as fid_reference_<dataset>_<split>_<resolution>.npz; None: in memory).
@@ -148,6 +150,10 @@ class Evaluator:
     self.standing_stats, self.reference_dir = standing_stats, reference_dir
     self._inception_variables = None  # on the model's devices, placed once
     self._fid_reference = None  # (key, mu, sigma) of the real split
+    self.encoder_stats_batches = int(encoder_stats_batches or 0)
+    if self.encoder_stats_batches < 0:
+      raise UserError(f"eval.encoder_stats_batches={encoder_stats_batches}: use 0 (off) or a "
+                      "positive number of train batches")
 
   def _needed_splits(self, encoder: bool, metrics=None):
     metrics = self.metrics if metrics is None else metrics
@@ -181,10 +187,30 @@ class Evaluator:
                                     progress=self.progress, batches=self._batches(model, name),
                                     count=self.counts.get(split))
 
+  def with_encoder_standing_stats(self, model, num_batches):
+    """`model` whose feature network (E; D for the "D features" baseline) normalises with the
+    average batch moments of the first `num_batches` train batches, as the BiGAN code's "deploy"
+    pass did before every evaluation (`api.BigBiGAN.with_encoder_standing_stats`), and the
+    number of batches used. Only full batches count: the split's last, padded one never does."""
+    split = self.splits["train"]
+    count = self.counts.get(split, 0)
+    if self.train_examples is not None:
+      count = min(count, self.train_examples)
+    full = min(int(num_batches), count // model.batch_size)
+    if full < 1 or not model.has_features:
+      return model, 0
+    batches = self._batches(model, "train") or extract.split_batches(
+        model, self.data, split, limit=self.train_examples)
+    images = (b["image"] for b in itertools.islice(batches, full))
+    return model.with_encoder_standing_stats(images), full
+
   def __call__(self, model) -> dict:
     """Metrics of a bound `api.BigBiGAN` (GAN mode: the encoder metrics are skipped)."""
     start = time.perf_counter()
     out = {"step": model.step}
+    if self.encoder_stats_batches:
+      model, used = self.with_encoder_standing_stats(model, self.encoder_stats_batches)
+      out["encoder_stats_batches"] = used
     if self.generation:
       out.update(self.generation_metrics(model))
     representation = [m for m in self.metrics if m not in GENERATION_METRICS]
@@ -381,6 +407,7 @@ def make_evaluator(config, networks, mesh):
   weights = _eval_setting(config, "inception_weights", None)
   evaluator = Evaluator(model, config.data, metrics=metrics,
                         train_examples=_eval_setting(config, "train_examples", None),
+                        encoder_stats_batches=_eval_setting(config, "encoder_stats_batches", 0),
                         **_generation_settings(config, metrics, weights))
 
   def evaluate(state) -> dict:
@@ -426,11 +453,13 @@ def define_flags():
   flags.DEFINE_bool("ema", True, "Use the EMA weights of G and E (--noema: the raw weights).")
   flags.DEFINE_bool("random_init", False, "Baseline: the same architecture, freshly initialised.")
   flags.DEFINE_bool("raw_pixels", False, "Baseline: the probes on raw pixels instead of features.")
-  flags.DEFINE_bool("encoder_standing_stats", False,
-                    "Re-estimate E's batch-norm statistics as the average moments of "
-                    f"{ENCODER_STATS_BATCHES} batches of the train split before evaluating; with "
+  flags.DEFINE_bool("encoder_standing_stats", None,
+                    "Re-estimate E's batch-norm statistics as the average moments of the first "
+                    "batches of the train split before evaluating (the run's "
+                    f"eval.encoder_stats_batches, else {ENCODER_STATS_BATCHES}); with "
                     "--random_init this is the random twin normalised as in training (at init "
-                    "its BN statistics are mean 0, variance 1: the identity).")
+                    "its BN statistics are mean 0, variance 1: the identity). Default: as the "
+                    "run evaluated itself in training (eval.encoder_stats_batches).")
   flags.DEFINE_string("inception_weights", None,
                       f"fid,is: the FID Inception-v3 weights, pytorch-fid's "
                       f"{inception_lib.WEIGHTS_FILE} (or an .npz of it); never downloaded.")
@@ -477,16 +506,19 @@ def main(argv):
         state, use_ema=FLAGS.ema)
     weights = "ema" if FLAGS.ema else "raw"
   data = extract.data_config_for(config, FLAGS.dataset, FLAGS.data_dir)
-  if FLAGS.encoder_standing_stats:
-    if not model.has_encoder or FLAGS.raw_pixels:
-      raise UserError("--encoder_standing_stats needs an encoder: drop it (GAN mode, D "
-                      "features or --raw_pixels)")
-    batches = itertools.islice(extract.split_batches(model, data, data.train_split),
-                               ENCODER_STATS_BATCHES)
-    model = model.with_encoder_standing_stats(b["image"] for b in batches)
+  configured = int(_eval_setting(config, "encoder_stats_batches", 0) or 0)
+  if FLAGS.encoder_standing_stats and (not model.has_features or FLAGS.raw_pixels):
+    raise UserError("--encoder_standing_stats needs an encoder: drop it (GAN mode or "
+                    "--raw_pixels)")
+  if FLAGS.encoder_standing_stats is None:
+    stats_batches = 0 if FLAGS.raw_pixels else configured
+  else:
+    stats_batches = (configured or ENCODER_STATS_BATCHES) if FLAGS.encoder_standing_stats else 0
+  if stats_batches:
     weights += "+encoder_standing_stats"
   evaluator = Evaluator(model, data, metrics=metrics, train_examples=FLAGS.train_examples,
                         progress=True, cache=False, reference_dir=api.workdir_of(FLAGS.workdir),
+                        encoder_stats_batches=stats_batches,
                         **_generation_settings(config, metrics, inception,
                                                FLAGS.num_fid_samples, FLAGS.standing_stats))
   result = evaluator.raw_pixels(model) if FLAGS.raw_pixels else evaluator(model)

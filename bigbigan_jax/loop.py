@@ -254,7 +254,8 @@ def train_and_evaluate(config, workdir: str):
       writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
       if is_main:
         with open(eval_path, "a") as f:
-          f.write(json.dumps({**results, "step": step, "weights": "ema"}) + "\n")
+          weights = "ema+encoder_standing_stats" if results.get("encoder_stats_batches") else "ema"
+          f.write(json.dumps({**results, "step": step, "weights": weights}) + "\n")
       best.update(step, results, state, train_iter.get_state(), config)
     preempted = preemption.reached(step)
     if step % config.checkpoint_every == 0 or step == total or preempted:

@@ -51,6 +51,9 @@ def get_config(arg=None):
   # penultimate layer against the training bank); its eval.jsonl line is the row's result.
   c.eval = ml_collections.ConfigDict(dict(
       metrics="knn", batch_size=500, best_metric="nn1_train_val", best_mode="max",
+      # Before each evaluation E's (D's, for d_features) BN statistics are re-estimated on the
+      # training digits, as the BiGAN code's "deploy" pass did (16 batches: all 7 full ones).
+      encoder_stats_batches=16,
       train_examples=ml_collections.FieldReference(None, field_type=int)))
   c.skip_nonfinite = False
   # Latent regressor: GAN steps before E is fit (the rest of `total_steps` trains E alone).
@@ -78,7 +81,9 @@ def get_config(arg=None):
       g_lr=2e-4, d_lr=2e-4, e_lr_mult=1.0, b1=0.5, b2=0.999, eps=1e-8, d_steps=1,
       weight_decay=2.5e-5,         # L2 on every weight, added to the gradient (as in the paper)
       schedule="constant_then_exp_decay", decay_start=0.5, final_lr_mult=0.01))
-  c.ema = ml_collections.ConfigDict(dict(decay=0.0, start_step=0))  # the paper has no EMA
+  # Not in the paper: E and G are evaluated with an EMA of their weights (horizon ~1,000 steps,
+  # from step 500), which smooths the eval-to-eval swings of the features; decay=0 is the paper.
+  c.ema = ml_collections.ConfigDict(dict(decay=0.999, start_step=500))
 
   if arg.runlocal:
     c.model.hidden = 32

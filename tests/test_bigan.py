@@ -1,5 +1,6 @@
 """BiGAN (2017) on permutation-invariant MNIST: the BiGAN row and its baselines (configs/bigan_mnist.py)."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -12,6 +13,8 @@ import pytest
 
 from bigbigan_jax import api
 from bigbigan_jax import bigan
+from bigbigan_jax import evaluate
+from bigbigan_jax import extract
 from bigbigan_jax import train
 from bigbigan_jax import validation
 from bigbigan_jax.config_lib import load_sibling_config
@@ -195,3 +198,23 @@ def test_separate_d_batches_normalise_each_pair_type_on_its_own():
                                             mutable=list(stats))
   np.testing.assert_allclose(scores[True], np.asarray(alone["s_xz"]), rtol=1e-5, atol=1e-6)
   assert np.max(np.abs(scores[True] - scores[False])) > 1e-3
+
+
+@pytest.mark.parametrize("variant,net", [("bigan", "encoder"), ("d_features", "discriminator")])
+def test_evaluator_reestimates_the_feature_bn_statistics_on_full_train_batches(
+    variant, net, mnist_data_dir):
+  config = _tiny(variant, **{"data.data_dir": mnist_data_dir})
+  _, last, _, networks = _steps(config, 2)
+  model = api.BigBiGAN(config, networks, api.local_mesh(), batch_size=1000).with_state(
+      jax.tree.map(jnp.asarray, last))
+  evaluator = evaluate.Evaluator(model, config.data, metrics=("knn",), encoder_stats_batches=5)
+  standing, used = evaluator.with_encoder_standing_stats(model, 5)
+  # 3,500 training digits: three full batches of 1,000; the padded fourth never counts.
+  assert used == 3
+  batches = itertools.islice(extract.split_batches(model, config.data, "train"), 3)
+  expected = model.with_encoder_standing_stats([b["image"] for b in batches])
+  got, want = (m.variables[net]["batch_stats"] for m in (standing, expected))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  assert _changed(got, model.variables[net]["batch_stats"])  # not the running statistics
+  record = evaluator(model)
+  assert record["encoder_stats_batches"] == 3 and 0.1 < record["nn1_test"] <= 1.0, record
