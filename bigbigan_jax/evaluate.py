@@ -2,6 +2,7 @@
 
   python -m bigbigan_jax.evaluate --workdir=runs/mnist [--metrics=linear_probe,knn,recon]
       [--step=K] [--data_dir=DIR] [--train_examples=N] [--random_init | --raw_pixels]
+      [--[no]encoder_standing_stats] [--noema]
   python -m bigbigan_jax.evaluate --workdir=runs/mnist --metrics=fid,is
       --inception_weights=pt_inception-2015-12-05-6726825d.pth [--num_fid_samples=N]
 
@@ -126,7 +127,9 @@ class Evaluator:
                standing_stats=True, reference_dir=None, encoder_stats_batches=0):
     """`encoder_stats_batches`: before each evaluation, re-estimate the feature network's BN
     statistics on that many full train batches (see `with_encoder_standing_stats`); 0: keep the
-    running statistics of training. FID/IS arguments: `inception` (an `inception.Inception`, required by 'fid' and 'is'),
+    running statistics of training.
+
+    FID/IS arguments: `inception` (an `inception.Inception`, required by 'fid' and 'is'),
     `num_fid_samples` generated images, `standing_stats` (recompute G's BN statistics first, see
     `api.BigBiGAN.with_standing_stats`), `reference_dir` (where the real split's Inception
     statistics are cached as fid_reference_<dataset>_<split>_<resolution>.npz; None: in memory).

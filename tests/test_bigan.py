@@ -149,6 +149,9 @@ def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_dat
   with open(os.path.join(workdir, "eval.jsonl")) as f:
     record = json.loads(f.readlines()[-1])
   assert record["step"] == 6
+  # E's BN statistics re-estimated first on the 3,500 training digits: 7 full batches of 500.
+  assert record["encoder_stats_batches"] == 7
+  assert record["weights"] == "ema+encoder_standing_stats"
   for key in ("nn1_test", "nn1_z_test", "nn1_pixels_test"):
     assert 0.1 < record[key] <= 1.0, (key, record)
   assert os.path.exists(os.path.join(workdir, "images", "samples_0000006.png"))
