@@ -170,14 +170,19 @@ class Evaluator:
       needed.add("test")
     return sorted(needed), labelled
 
+  def _count(self, name):
+    """Examples of split `name` ('train', 'train_val', 'test') that the evaluation uses."""
+    count = self.counts.get(self.splits[name], 0)
+    return count if name != "train" or self.train_examples is None else min(
+        count, self.train_examples)
+
   def _batches(self, model, name):
     split = self.splits[name]
     limit = self.train_examples if name == "train" else None
     if self._cache is None:
       return None
     if name not in self._cache:
-      count = self.counts.get(split, 0) if limit is None else min(limit, self.counts.get(split, 0))
-      size = count * model.image_size ** 2 * model.image_channels * 4
+      size = self._count(name) * model.image_size ** 2 * model.image_channels * 4
       self._cache[name] = (list(extract.split_batches(model, self.data, split, limit=limit))
                            if size <= _CACHE_BYTES else None)
     return self._cache[name]
@@ -195,15 +200,11 @@ class Evaluator:
     average batch moments of the first `num_batches` train batches, as the BiGAN code's "deploy"
     pass did before every evaluation (`api.BigBiGAN.with_encoder_standing_stats`), and the
     number of batches used. Only full batches count: the split's last, padded one never does."""
-    split = self.splits["train"]
-    count = self.counts.get(split, 0)
-    if self.train_examples is not None:
-      count = min(count, self.train_examples)
-    full = min(int(num_batches), count // model.batch_size)
+    full = min(int(num_batches), self._count("train") // model.batch_size)
     if full < 1 or not model.has_features:
       return model, 0
     batches = self._batches(model, "train") or extract.split_batches(
-        model, self.data, split, limit=self.train_examples)
+        model, self.data, self.splits["train"], limit=self.train_examples)
     images = (b["image"] for b in itertools.islice(batches, full))
     return model.with_encoder_standing_stats(images), full
 
@@ -211,9 +212,6 @@ class Evaluator:
     """Metrics of a bound `api.BigBiGAN` (GAN mode: the encoder metrics are skipped)."""
     start = time.perf_counter()
     out = {"step": model.step}
-    if self.encoder_stats_batches:
-      model, used = self.with_encoder_standing_stats(model, self.encoder_stats_batches)
-      out["encoder_stats_batches"] = used
     if self.generation:
       out.update(self.generation_metrics(model))
     representation = [m for m in self.metrics if m not in GENERATION_METRICS]
@@ -223,6 +221,9 @@ class Evaluator:
       if self.generation:
         out["eval_seconds"] = time.perf_counter() - start
       return out
+    if self.encoder_stats_batches:  # only the feature network changes: after G's FID/IS
+      model, used = self.with_encoder_standing_stats(model, self.encoder_stats_batches)
+      out["encoder_stats_batches"] = used
     needed, labelled = self._needed_splits(encoder=model.has_encoder)
     features = {}
     recon_metric = "recon" in self.metrics and model.has_encoder
