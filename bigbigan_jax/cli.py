@@ -17,8 +17,19 @@ def define_config_flag():
 
 def run(main):
   """`absl.app.run(main)`, turning a UserError (even one raised while the config file is
-  loaded) into `error: <message>` on stderr and exit status 2, with no traceback."""
+  loaded) into `error: <message>` on stderr and exit status 2, with no traceback. So are the
+  errors of flag parsing itself: a config file that does not load, or an override of a field the
+  config does not have (`--config.eval.nosuch=1`)."""
+  started = []
+
   def wrapped(argv):
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+      try:  # the config flag reports a file that failed to load only when first read
+        flags.FLAGS.config.keys()
+      except OSError as e:
+        print(f"error: {_parse_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    started.append(True)
     try:
       main(argv)
     except UserError as e:
@@ -29,6 +40,24 @@ def run(main):
   except UserError as e:  # raised by get_config() during flag parsing
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except (KeyError, AttributeError, OSError) as e:
+    if started:  # a bug in main, not a bad command line: keep the traceback
+      raise
+    print(f"error: {_parse_error(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_error(e):
+  """One line for an exception raised while `--config` and its overrides were parsed."""
+  if isinstance(e, OSError):  # ml_collections: "Failed loading config file ...\n  Attempted ..."
+    path = next((a for a in sys.argv[1:] if a.startswith("--config=")), "--config=?")
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return (f"{path.split('=', 1)[1]}: the config file does not load ({lines[-1]}); "
+            "pass an existing file, e.g. --config=configs/base.py")
+  # KeyError/AttributeError from ConfigDict: "'name'" plus perhaps "; did you mean ..."
+  what = str(e).strip("\"'").replace("\\n", "; ").replace("\\'", "'").replace("'", "")
+  return (f"a --config.* override names a field the config does not have ({what}); "
+          "check its spelling against the config file")
 
 
 def config():

@@ -29,6 +29,9 @@ def _base():
       metrics="linear_probe,knn,recon", batch_size=256,
       train_examples=ml_collections.FieldReference(50_000, field_type=int),  # probe/k-NN bank
       num_fid_samples=10_000, standing_stats=True,  # fid,is (need --inception_weights)
+      # >0: before each evaluation, re-estimate E's BN statistics (D's for d_features) as the
+      # average batch moments of this many full train batches; 0 uses the running statistics.
+      encoder_stats_batches=0,
       # WORKDIR/best/ keeps the checkpoint that scored best on this in-training metric (the
       # paper's model selection: train_val linear-probe accuracy); '' keeps none.
       best_metric="linear_probe_avepool_train_val", best_mode="max"))

