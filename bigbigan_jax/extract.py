@@ -57,25 +57,27 @@ def _progress(iterable, total, description):
 
 
 def extract_features(model, data_config, split, *, limit=None, features=None,
-                     reconstruction_error=False, progress=False, batches=None,
-                     count=None) -> dict:
+                     reconstruction_error=False, reconstructions=False, progress=False,
+                     batches=None, count=None) -> dict:
   """Encodes a split with `model` (a bound `api.BigBiGAN`); returns host arrays of its examples.
 
   Args:
     features: which encoder outputs to keep (default: all of `model.feature_keys`).
     reconstruction_error: also return 'recon_mse' [N], the per-image mean squared error of
       G(E(x)) (from z_mean) against x as G sees it, in [-1, 1] pixel units.
+    reconstructions: also return 'reconstruction' [N, ...], G(E(x)) itself (small splits only:
+      it is kept in host memory).
     batches: pre-loaded output of `split_batches` (the in-training evaluator caches them).
     count: the split's size if known, for the progress bar (opening a folder dataset to count
       it rescans the folder).
   Returns:
-    {feature: [N, ...], 'labels': [N]} (+ 'recon_mse').
+    {feature: [N, ...], 'labels': [N]} (+ 'recon_mse', 'reconstruction').
   """
   model.require_encoder(features_only=True)
   features = model.feature_keys if features is None else features
   if batches is None:
     batches = split_batches(model, data_config, split, limit=limit)
-  fn = _feature_fn(model, tuple(features), reconstruction_error)
+  fn = _feature_fn(model, tuple(features), reconstruction_error, reconstructions)
   if progress:
     if count is None:
       count = input_pipeline.dataset_info(data_config).num_examples.get(split, 0)
@@ -93,17 +95,20 @@ def extract_features(model, data_config, split, *, limit=None, features=None,
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _feature_fn(model, features, reconstruction_error):
+def _feature_fn(model, features, reconstruction_error, reconstructions=False):
   """The jitted per-batch function (compiled once per model and feature set)."""
   def fn(variables, images):
     enc = model.apply_encoder(variables, images)
     out = {k: enc[k] for k in features}
-    if reconstruction_error:
+    if reconstruction_error or reconstructions:
       recon = model.apply_generator(variables, enc["z_mean"])
+    if reconstruction_error:
       target = model.d_view(images)
       out["recon_mse"] = ((recon - target) ** 2).reshape(recon.shape[0], -1).mean(axis=1)
+    if reconstructions:
+      out["reconstruction"] = recon
     return out
-  return model.cached_jit(("features", features, reconstruction_error), fn)
+  return model.cached_jit(("features", features, reconstruction_error, reconstructions), fn)
 
 
 def data_config_for(config, dataset=None, data_dir=None):

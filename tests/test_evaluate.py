@@ -1,7 +1,8 @@
 """Evaluation: metric math against references, the hub-like API, and the extract/evaluate CLIs.
 
   - Fréchet distance == the scipy.linalg.sqrtm formula; Inception score on known outputs;
-  - the linear probe recovers a linear labelling; k-NN on a hand-checkable case;
+  - the linear probe recovers a linear labelling and scores extra sets with the same classifier
+    (how `recon_labels` labels reconstructions); k-NN on a hand-checkable case;
   - `load()` of a 2-step run reproduces `encoder.apply` on the restored EMA variables;
   - `extract` writes the documented arrays; `evaluate` prints and logs the documented JSON;
   - GAN mode (no encoder) evaluates without encoder metrics; unknown metric names are errors.
@@ -75,6 +76,20 @@ def test_linear_probe_recovers_a_linear_labelling():
   shuffled = metrics.linear_probe(x[:2000], rng.permutation(y[:2000]), None, None, x[2500:],
                                   y[2500:], num_classes=4)
   assert shuffled["test"] < 0.45 and "val" not in shuffled
+
+
+def test_linear_probe_scores_more_sets_with_the_chosen_classifier():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(20, 3))
+  x = rng.normal(size=(600, 20)) * rng.uniform(0.01, 1.0, size=20)  # unequal feature scales
+  y = np.argmax(x @ w, -1)
+  for standardized in (True, False):
+    out = metrics.linear_probe(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:],
+                               num_classes=3, standardized=standardized,
+                               also={"same": (x[500:], y[500:]),
+                                     "permuted": (x[500:], rng.permutation(y[500:]))})
+    assert out["same"] == out["test"] and out["test"] > 0.8, out
+    assert out["permuted"] < 0.6, out
 
 
 def test_knn_euclidean_and_cosine():
@@ -191,12 +206,14 @@ def test_extract_cli_writes_features_of_a_split(run_dir, tmp_path):
 
 
 def test_evaluate_cli_prints_and_logs_the_metrics(run_dir):
-  result = _run_cli("bigbigan_jax.evaluate", f"--workdir={run_dir}", "--train_examples=1000")
+  result = _run_cli("bigbigan_jax.evaluate", f"--workdir={run_dir}", "--train_examples=1000",
+                    "--metrics=linear_probe,knn,recon,recon_labels")
   record = json.loads(result.stdout.strip().splitlines()[-1])
   required = {"step", "linear_probe_avepool_test", "linear_probe_bn_crelu_test", "nn1_test",
               "linear_probe_avepool_train_val", "linear_probe_bn_crelu_train_val",
               "knn1_euclidean_test", "knn5_euclidean_test", "knn1_cosine_test",
-              "knn5_cosine_test", "recon_mse_test"}
+              "knn5_cosine_test", "recon_mse_test", "recon_label_agreement_test",
+              "recon_classifier_test"}
   assert required <= set(record), required - set(record)
   assert record["step"] == 2 and record["weights"] == "ema"
   for key in required - {"step", "recon_mse_test"}:
@@ -205,6 +222,8 @@ def test_evaluate_cli_prints_and_logs_the_metrics(run_dir):
   assert record["nn1_test"] > 0.2 and record["linear_probe_avepool_test"] > 0.2
   assert record["nn1_test"] == record["knn1_euclidean_test"]
   assert 0.0 < record["recon_mse_test"] < 4.0
+  # The pixel classifier reads real digits (~0.9); a 2-step G does not draw them.
+  assert record["recon_classifier_test"] > 0.8 and record["recon_label_agreement_test"] < 0.5
   with open(os.path.join(run_dir, "eval.jsonl")) as f:
     assert json.loads(f.readlines()[-1]) == record
 
