@@ -170,14 +170,13 @@ class Evaluator:
     metrics = self.metrics if metrics is None else metrics
     labelled = self.num_classes is not None and self.num_classes > 1
     needed = set()
-    if labelled and {"linear_probe", "knn"} & set(metrics):
+    probes = {"linear_probe", "knn"} | ({"recon_labels"} if encoder else set())
+    if labelled and probes & set(metrics):  # recon_labels' classifier trains on real pixels
       needed |= {"train", "test"}
       if self.counts.get("train_val", 0) > 0:
         needed.add("train_val")
     if encoder and "recon" in metrics:
       needed.add("test")
-    if encoder and labelled and "recon_labels" in metrics:
-      needed |= {"train", "test"} | ({"train_val"} if self.counts.get("train_val", 0) else set())
     return sorted(needed), labelled
 
   def _count(self, name):
