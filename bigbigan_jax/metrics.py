@@ -113,20 +113,24 @@ def fit_logistic_regression(features, labels, l2, init=None, *, num_classes: int
   return params
 
 
-def _accuracy(params, features, labels) -> float:
+def accuracy(params, features, labels) -> float:
+  """Top-1 of the softmax classifier `params` ({'w', 'b'}) on `features` [N, D]."""
   logits = jnp.asarray(features) @ params["w"] + params["b"]
   return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(labels)))
 
 
 def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
                  num_classes: int, l2_grid: Sequence[float] = L2_GRID,
-                 max_steps: int = 200, also=None, standardized: bool = True) -> dict:
+                 max_steps: int = 200, also=None, standardized: bool = True,
+                 return_params: bool = False) -> dict:
   """Top-1 of a softmax classifier on frozen features, l2 chosen on the validation set.
 
   Features are standardised with the training statistics. With an empty validation set the
   middle of the grid is used and 'val' is left out. `also`: {name: (x, y)}, more sets the
   chosen classifier is scored on (as out[name]). `standardized=False` keeps the inputs as they
   are (pixels, where a nearly constant border pixel would otherwise be scaled up a hundredfold).
+  `return_params`: also return the chosen classifier as out['params'] (for `accuracy`; it
+  applies to inputs as given only when `standardized=False`).
 
   Returns:
     {'val': top-1 on val_x (the selection set), 'test': top-1 on test_x, 'l2': chosen l2}.
@@ -148,7 +152,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
   for l2 in grid:  # strongest first: each fit starts from the previous optimum, close to its own
     params = fit_logistic_regression(train_x, train_y, jnp.float32(l2), params,
                                      num_classes=num_classes, max_steps=max_steps)
-    score = _accuracy(params, val_x, val_y) if has_val else 0.0
+    score = accuracy(params, val_x, val_y) if has_val else 0.0
     if best is None or score >= best[0]:  # ties go to the weaker regulariser
       best = (score, l2, params)
   score, l2, params = best
@@ -156,9 +160,11 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
   if has_val:
     out["val"] = score
   if has_test:
-    out["test"] = _accuracy(params, test_x, test_y)
+    out["test"] = accuracy(params, test_x, test_y)
   for name, (x, y) in also.items():
-    out[name] = _accuracy(params, x, y)
+    out[name] = accuracy(params, x, y)
+  if return_params:
+    out["params"] = params
   return out
 
 

@@ -90,6 +90,9 @@ def test_linear_probe_scores_more_sets_with_the_chosen_classifier():
                                      "permuted": (x[500:], rng.permutation(y[500:]))})
     assert out["same"] == out["test"] and out["test"] > 0.8, out
     assert out["permuted"] < 0.6, out
+  kept = metrics.linear_probe(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:],
+                              num_classes=3, standardized=False, return_params=True)
+  assert metrics.accuracy(kept["params"], x[500:], y[500:]) == kept["test"]
 
 
 def test_knn_euclidean_and_cosine():
@@ -261,3 +264,21 @@ def test_raw_pixel_baseline(mnist_data_dir):
   assert result["nn1_test"] > 0.75, result
   assert result["linear_probe_pixels_test"] > 0.7, result
   assert "linear_probe_pixels_train_val" in result
+
+
+def test_recon_label_classifier_is_trained_once(mnist_data_dir, monkeypatch):
+  config = _runlocal_config("base", mnist_data_dir)
+  model = api.BigBiGAN(config, models.build(config), api.local_mesh(), batch_size=256)
+  evaluator = evaluate.Evaluator(model, config.data, metrics=("recon_labels",),
+                                 train_examples=1000)
+  fits = []
+  probe = metrics.linear_probe
+  monkeypatch.setattr(metrics, "linear_probe", lambda *a, **k: fits.append(1) or probe(*a, **k))
+  test = evaluator._pixels(model, "test", as_generated=True)
+  real = test["pixels"]  # flattened; recon_label_metrics flattens its input itself
+  first = evaluator.recon_label_metrics(model, real, test["labels"])
+  again = evaluator.recon_label_metrics(model, real[::-1], test["labels"][::-1])
+  assert len(fits) == 1
+  # Real test digits as "reconstructions": agreement is the classifier's own test top-1.
+  assert first["recon_label_agreement_test"] == first["recon_classifier_test"] > 0.8, first
+  assert again == first
