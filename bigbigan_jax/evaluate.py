@@ -21,6 +21,12 @@ as `*_test`):
                                                       regression on real train pixels assigns to
                                                       x's label; recon_classifier_test is that
                                                       classifier's top-1 on the real test images
+  pairing_encoder_test, pairing_generator            pairing (asked for by name; BigBiGAN D): does
+                                                      s_xz tell which z belongs to which x? The
+                                                      share of test images x whose score with
+                                                      E(x) beats the one with another image's
+                                                      E(x'), and of generated pairs (G(z), z)
+                                                      scored below (G(z), z') (0.5: blind)
   fid, is, is_std                                     G's samples (EMA weights, standing BN
                                                       statistics) vs the evaluation split
 
@@ -65,7 +71,8 @@ from bigbigan_jax.errors import UserError
 METRICS = ("linear_probe", "knn", "recon")
 GENERATION_METRICS = ("fid", "is")  # need --inception_weights
 # Asked for by name only: a softmax regression on pixels is cheap on digits, not on ImageNet.
-OPTIONAL_METRICS = ("recon_labels",)
+OPTIONAL_METRICS = ("recon_labels", "pairing")
+PAIRING_SEED = 0  # the shuffles and the generated pairs' latents of `pairing`
 STANDING_STATS_BATCHES = 16  # batches of z for G's standing BN statistics
 ENCODER_STATS_BATCHES = 16  # train batches for E's (--encoder_standing_stats)
 FID_SEED = 0  # the generated samples' latents (fixed: checkpoints are compared on the same z)
@@ -245,6 +252,26 @@ class Evaluator:
         params, np.asarray(reconstructions, np.float32).reshape(len(reconstructions), -1), labels)
     return {"recon_label_agreement_test": agreement, "recon_classifier_test": classifier_test}
 
+  def pairing_metrics(self, model) -> dict:
+    """Does D's joint score know the pairing? Encoder pairs (x, E(x)) are D's "real" pairs, so
+    a D that knows E's pairing scores them above (x, E(x')) with x' another test image; generator
+    pairs are "fake", so one that knows G's pairing scores (G(z), z) below (G(z), z'). Returns the
+    two shares of pairs for which it does (0.5: no knowledge); {} without a joint score."""
+    batches = self._batches(model, "test") or extract.split_batches(
+        model, self.data, self.splits["test"])
+    images = np.concatenate([model.gather(b["image"])[model.gather(b["mask"])] for b in batches])
+    n = len(images)
+    shuffle = np.random.default_rng(PAIRING_SEED).permutation(n)
+    joint = lambda x, z: model.discriminate(x, z)["score_xz"]
+    z_hat = model.encode(images, seed=PAIRING_SEED)["z_sample"]
+    matched = joint(images, z_hat)
+    if matched is None:
+      return {}
+    z = model.sample_z(n, seed=PAIRING_SEED)
+    fake = model.generate(z)
+    return {"pairing_encoder_test": float(np.mean(matched > joint(images, z_hat[shuffle]))),
+            "pairing_generator": float(np.mean(joint(fake, z) < joint(fake, z[shuffle])))}
+
   def with_encoder_standing_stats(self, model, num_batches):
     """`model` whose feature network (E; D for the "D features" baseline) normalises with the
     average batch moments of the first `num_batches` train batches, as the BiGAN code's "deploy"
@@ -287,7 +314,10 @@ class Evaluator:
     if recon_labels:
       out.update(self.recon_label_metrics(model, features["test"].pop("reconstruction"),
                                           features["test"]["labels"]))
-    if labelled:
+    if "pairing" in self.metrics and model.has_encoder and not model.bigan_mlp:
+      out.update(self.pairing_metrics(model))
+    probes = {"linear_probe", "knn"} & set(self.metrics)
+    if labelled and probes:
       bigan_nn1 = model.bigan_mlp and "knn" in self.metrics
       out.update(representation_metrics(
           features, metrics=self.metrics, num_classes=self.num_classes,
@@ -297,7 +327,7 @@ class Evaluator:
         if self._pixel_nn1 is None:
           self._pixel_nn1 = self.raw_pixels(model, metrics=("knn",))["nn1_test"]
         out["nn1_pixels_test"] = self._pixel_nn1
-    elif {"linear_probe", "knn"} & set(self.metrics):
+    elif probes:
       out["skipped"] = "the dataset has no class labels: linear_probe,knn"
     out["eval_seconds"] = time.perf_counter() - start
     return out

@@ -5,7 +5,9 @@
     (how `recon_labels` labels reconstructions); k-NN on a hand-checkable case;
   - `load()` of a 2-step run reproduces `encoder.apply` on the restored EMA variables;
   - `extract` writes the documented arrays; `evaluate` prints and logs the documented JSON;
-  - GAN mode (no encoder) evaluates without encoder metrics; unknown metric names are errors.
+  - GAN mode (no encoder) evaluates without encoder metrics; unknown metric names are errors;
+  - `pairing` tells a D that knows E's pairing from one that knows G's; the metrics without
+    probes (recon, pairing) need no train features; recon_labels' classifier is trained once.
 """
 
 import json
@@ -282,3 +284,56 @@ def test_recon_label_classifier_is_trained_once(mnist_data_dir, monkeypatch):
   # Real test digits as "reconstructions": agreement is the classifier's own test top-1.
   assert first["recon_label_agreement_test"] == first["recon_classifier_test"] > 0.8, first
   assert again == first
+
+
+class _PairingStub:
+  """A model whose G writes z into the image's first pixels and E reads them back; its D scores
+  a pair by how well z matches those pixels (`sign=-1`: "matched is real", the knowledge of E's
+  pairing) or by how badly (`sign=+1`: "matched is fake", the knowledge of G's pairing)."""
+  has_encoder, bigan_mlp, z_dim = True, False, 4
+
+  def __init__(self, sign):
+    self.sign = sign
+
+  def gather(self, rows):
+    return np.asarray(rows)
+
+  def encode(self, images, seed=0):
+    return {"z_sample": images.reshape(len(images), -1)[:, :self.z_dim]}
+
+  def sample_z(self, n, seed=0):
+    return np.random.default_rng(seed + 1).normal(size=(n, self.z_dim))
+
+  def generate(self, z):
+    return np.pad(z, ((0, 0), (0, 12))).reshape(len(z), 4, 4, 1)
+
+  def discriminate(self, images, z):
+    distance = np.sum((images.reshape(len(images), -1)[:, :self.z_dim] - z) ** 2, axis=1)
+    return {"score_x": None, "score_z": None, "score_xz": self.sign * distance}
+
+
+def test_pairing_metric_tells_which_pairing_d_knows():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(64, 4, 4, 1))
+  evaluator = object.__new__(evaluate.Evaluator)  # pairing_metrics needs only the test images
+  evaluator._batches = lambda model, name: [{"image": images, "mask": np.ones(64, bool)}]
+  knows_e = evaluator.pairing_metrics(_PairingStub(sign=-1))
+  knows_g = evaluator.pairing_metrics(_PairingStub(sign=+1))
+  # A few of the 64 shuffled pairs keep their own z (ties count as not telling them apart).
+  assert knows_e["pairing_encoder_test"] > 0.9 and knows_e["pairing_generator"] == 0.0, knows_e
+  assert knows_g["pairing_encoder_test"] == 0.0 and knows_g["pairing_generator"] > 0.9, knows_g
+  blind = _PairingStub(sign=0)
+  assert evaluator.pairing_metrics(blind) == {"pairing_encoder_test": 0.0,
+                                              "pairing_generator": 0.0}
+
+
+def test_evaluator_without_probes_needs_no_train_features(mnist_data_dir):
+  # `recon` or `pairing` alone used to crash looking for the train split's features.
+  config = _runlocal_config("base", mnist_data_dir)
+  config.eval.metrics = "recon,pairing"
+  networks = models.build(config)
+  abstract = train.abstract_state(networks, train.create_optimizers(config), config)
+  state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+  result = evaluate.make_evaluator(config, networks, train.make_mesh())(state)
+  assert {"recon_mse_test", "pairing_encoder_test", "pairing_generator"} <= set(result), result
+  assert not any(k.startswith(("linear_probe", "knn", "nn1")) for k in result), result
