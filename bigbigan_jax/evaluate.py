@@ -73,6 +73,7 @@ GENERATION_METRICS = ("fid", "is")  # need --inception_weights
 # Asked for by name only: a softmax regression on pixels is cheap on digits, not on ImageNet.
 OPTIONAL_METRICS = ("recon_labels", "pairing")
 PAIRING_SEED = 0  # the shuffles and the generated pairs' latents of `pairing`
+PAIRING_EXAMPLES = 1000  # `pairing` scores the first this many test images (and as many G(z))
 STANDING_STATS_BATCHES = 16  # batches of z for G's standing BN statistics
 ENCODER_STATS_BATCHES = 16  # train batches for E's (--encoder_standing_stats)
 FID_SEED = 0  # the generated samples' latents (fixed: checkpoints are compared on the same z)
@@ -254,12 +255,19 @@ class Evaluator:
 
   def pairing_metrics(self, model) -> dict:
     """Does D's joint score know the pairing? Encoder pairs (x, E(x)) are D's "real" pairs, so
-    a D that knows E's pairing scores them above (x, E(x')) with x' another test image; generator
-    pairs are "fake", so one that knows G's pairing scores (G(z), z) below (G(z), z'). Returns the
-    two shares of pairs for which it does (0.5: no knowledge); {} without a joint score."""
+    a D that knows E's pairing scores them above (x, E(x')), x' another test image (of the first
+    PAIRING_EXAMPLES); generator pairs are "fake", so one that knows G's pairing scores (G(z), z)
+    below (G(z), z'). Returns the two shares of pairs for which it does (0.5: no knowledge); {}
+    without a joint score."""
     batches = self._batches(model, "test") or extract.split_batches(
         model, self.data, self.splits["test"])
-    images = np.concatenate([model.gather(b["image"])[model.gather(b["mask"])] for b in batches])
+    images, n = [], 0
+    for batch in batches:
+      images.append(model.gather(batch["image"])[model.gather(batch["mask"])])
+      n += len(images[-1])
+      if n >= PAIRING_EXAMPLES:
+        break
+    images = np.concatenate(images)[:PAIRING_EXAMPLES]
     n = len(images)
     shuffle = np.random.default_rng(PAIRING_SEED).permutation(n)
     joint = lambda x, z: model.discriminate(x, z)["score_xz"]
