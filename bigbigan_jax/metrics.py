@@ -121,30 +121,26 @@ def accuracy(params, features, labels) -> float:
 
 def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
                  num_classes: int, l2_grid: Sequence[float] = L2_GRID,
-                 max_steps: int = 200, also=None, standardized: bool = True,
+                 max_steps: int = 200, standardized: bool = True,
                  return_params: bool = False) -> dict:
   """Top-1 of a softmax classifier on frozen features, l2 chosen on the validation set.
 
   Features are standardised with the training statistics. With an empty validation set the
-  middle of the grid is used and 'val' is left out. `also`: {name: (x, y)}, more sets the
-  chosen classifier is scored on (as out[name]). `standardized=False` keeps the inputs as they
+  middle of the grid is used and 'val' is left out. `standardized=False` keeps the inputs as they
   are (pixels, where a nearly constant border pixel would otherwise be scaled up a hundredfold).
-  `return_params`: also return the chosen classifier as out['params'] (for `accuracy`; it
-  applies to inputs as given only when `standardized=False`).
+  `return_params`: also return the chosen classifier as out['params'] (for `accuracy`, on
+  inputs standardised like `standardize(train_x, x)[1]`, or as given with `standardized=False`).
 
   Returns:
     {'val': top-1 on val_x (the selection set), 'test': top-1 on test_x, 'l2': chosen l2}.
   """
   has_val = val_x is not None and len(val_x) > 0
   has_test = test_x is not None and len(test_x) > 0
-  also = dict(also or {})
-  sets = [train_x, *([val_x] if has_val else []), *([test_x] if has_test else []),
-          *(x for x, _ in also.values())]
+  sets = [train_x, *([val_x] if has_val else []), *([test_x] if has_test else [])]
   sets = standardize(*sets) if standardized else [np.asarray(x, np.float32) for x in sets]
   train_x = sets.pop(0)
   val_x = sets.pop(0) if has_val else None
   test_x = sets.pop(0) if has_test else None
-  also = {name: (sets.pop(0), y) for name, (_, y) in also.items()}
   train_y = np.asarray(train_y, np.int32)
   grid = sorted(l2_grid, reverse=True) if has_val else [sorted(l2_grid)[len(l2_grid) // 2]]
   best = None
@@ -161,8 +157,6 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
     out["val"] = score
   if has_test:
     out["test"] = accuracy(params, test_x, test_y)
-  for name, (x, y) in also.items():
-    out[name] = accuracy(params, x, y)
   if return_params:
     out["params"] = params
   return out
