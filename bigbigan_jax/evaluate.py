@@ -214,21 +214,31 @@ class Evaluator:
                                     progress=self.progress, batches=self._batches(model, name),
                                     count=self.counts.get(split))
 
-  def _pixels(self, model, name, *, as_generated=False):
-    """Flattened real images and labels of a split, at E's resolution or (`as_generated`) as G
-    produces them (`model.d_view`)."""
+  def _images(self, model, name, *, as_generated=False, limit=None):
+    """Real images [N, S, S, C] of a split (its first `limit`) and their labels where it has them,
+    at E's resolution or (`as_generated`) as G produces them (`model.d_view`)."""
     batches = self._batches(model, name) or extract.split_batches(
         model, self.data, self.splits[name],
         limit=self.train_examples if name == "train" else None)
-    images, labels = [], []
+    images, labels, n = [], [], 0
     for batch in batches:
       mask = model.gather(batch["mask"])
       x = model.gather(batch["image"])[mask]
-      if as_generated:
-        x = np.asarray(model.d_view(jnp.asarray(x)))
-      images.append(x.reshape(int(mask.sum()), -1))
-      labels.append(model.gather(batch["label"])[mask])
-    return {"pixels": np.concatenate(images), "labels": np.concatenate(labels)}
+      images.append(np.asarray(model.d_view(jnp.asarray(x))) if as_generated else x)
+      if "label" in batch:
+        labels.append(model.gather(batch["label"])[mask])
+      n += len(x)
+      if limit is not None and n >= limit:
+        break
+    out = {"images": np.concatenate(images)[:limit]}
+    if labels:
+      out["labels"] = np.concatenate(labels)[:limit]
+    return out
+
+  def _pixels(self, model, name, *, as_generated=False):
+    """`_images` of a labelled split, flattened: {'pixels': [N, D], 'labels': [N]}."""
+    split = self._images(model, name, as_generated=as_generated)
+    return {"pixels": split["images"].reshape(len(split["images"]), -1), "labels": split["labels"]}
 
   def recon_label_metrics(self, model, reconstructions, labels) -> dict:
     """Do reconstructions keep their digit? A softmax regression on real train pixels (as G
@@ -259,15 +269,7 @@ class Evaluator:
     PAIRING_EXAMPLES); generator pairs are "fake", so one that knows G's pairing scores (G(z), z)
     below (G(z), z'). Returns the two shares of pairs for which it does (0.5: no knowledge); {}
     without a joint score."""
-    batches = self._batches(model, "test") or extract.split_batches(
-        model, self.data, self.splits["test"])
-    images, n = [], 0
-    for batch in batches:
-      images.append(model.gather(batch["image"])[model.gather(batch["mask"])])
-      n += len(images[-1])
-      if n >= PAIRING_EXAMPLES:
-        break
-    images = np.concatenate(images)[:PAIRING_EXAMPLES]
+    images = self._images(model, "test", limit=PAIRING_EXAMPLES)["images"]
     n = len(images)
     shuffle = np.random.default_rng(PAIRING_SEED).permutation(n)
     joint = lambda x, z: model.discriminate(x, z)["score_xz"]
