@@ -21,12 +21,13 @@ as `*_test`):
                                                       regression on real train pixels assigns to
                                                       x's label; recon_classifier_test is that
                                                       classifier's top-1 on the real test images
-  pairing_encoder_test, pairing_generator            pairing (asked for by name; BigBiGAN D): does
-                                                      s_xz tell which z belongs to which x? The
-                                                      share of test images x whose score with
-                                                      E(x) beats the one with another image's
-                                                      E(x'), and of generated pairs (G(z), z)
-                                                      scored below (G(z), z') (0.5: blind)
+  pairing_encoder_test, pairing_generator            pairing (asked for by name): does D's joint
+                                                      score (BiGAN's only one) tell which z goes
+                                                      with which x? The share of test images x
+                                                      whose score with E(x) beats the one with
+                                                      another image's E(x'), and of generated
+                                                      pairs (G(z), z) scored below (G(z), z')
+                                                      (0.5: blind)
   fid, is, is_std                                     G's samples (EMA weights, standing BN
                                                       statistics) vs the evaluation split
 
@@ -324,7 +325,7 @@ class Evaluator:
     if recon_labels:
       out.update(self.recon_label_metrics(model, features["test"].pop("reconstruction"),
                                           features["test"]["labels"]))
-    if "pairing" in self.metrics and model.has_encoder and not model.bigan_mlp:
+    if "pairing" in self.metrics and model.has_encoder:
       out.update(self.pairing_metrics(model))
     probes = {"linear_probe", "knn"} & set(self.metrics)
     if labelled and probes:

@@ -142,13 +142,16 @@ def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_dat
   command = [sys.executable, "-m", "bigbigan_jax.main",
              f"--config={os.path.join(REPO, 'configs', 'bigan_mnist.py')}:runlocal",
              f"--workdir={workdir}", f"--config.data.data_dir={mnist_data_dir}",
-             "--config.eval_every=3"]
+             "--config.eval_every=3", "--config.eval.metrics=knn,pairing"]
   result = subprocess.run(command, env=env_for(1), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, "eval.jsonl")) as f:
     record = json.loads(f.readlines()[-1])
   assert record["step"] == 6
+  # `pairing` works on the BiGAN D's single (joint) score too.
+  for key in ("pairing_encoder_test", "pairing_generator"):
+    assert 0.0 <= record[key] <= 1.0, (key, record)
   # E's BN statistics re-estimated first on the 3,500 training digits: 7 full batches of 500.
   assert record["encoder_stats_batches"] == 7
   assert record["weights"] == "ema+encoder_standing_stats"
