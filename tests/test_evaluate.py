@@ -287,7 +287,7 @@ class _PairingStub:
   """A model whose G writes z into the image's first pixels and E reads them back; its D scores
   a pair by how well z matches those pixels (`sign=-1`: "matched is real", the knowledge of E's
   pairing) or by how badly (`sign=+1`: "matched is fake", the knowledge of G's pairing)."""
-  has_encoder, bigan_mlp, z_dim = True, False, 4
+  z_dim = 4
 
   def __init__(self, sign):
     self.sign = sign
