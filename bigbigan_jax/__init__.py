@@ -9,6 +9,6 @@ def __getattr__(name):
   # `bigbigan_jax.load` is imported lazily: the command-line tools should not pay for orbax and
   # TFDS imports they do not need.
   if name == "load":
-    from bigbigan_jax.api import load  # pylint: disable=g-import-not-at-top
+    from bigbigan_jax.inference import load  # pylint: disable=g-import-not-at-top
     return load
   raise AttributeError(f"module 'bigbigan_jax' has no attribute {name!r}")

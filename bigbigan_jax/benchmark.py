@@ -32,8 +32,10 @@ from bigbigan_jax import cli
 from bigbigan_jax import errors
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
-from bigbigan_jax import train
+from bigbigan_jax import sharding
+from bigbigan_jax import trainers
 from bigbigan_jax import validation
+from bigbigan_jax.trainers import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 10, "Timed iterations (after 2 warm-up iterations).")
@@ -115,13 +117,13 @@ def _median_time(fn, steps: int) -> float:
 def encoder_fwd_bwd(config):
   """E's forward + backward on a global batch: (unjitted fn, abstract (variables, images), mesh,
   networks, input shapes). `jax.jit(fn).lower(*args).compile()` sizes it without allocating."""
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   networks = models.build(config)
   if networks.encoder is None:
     raise errors.UserError("this config has no encoder (GAN mode); drop --component=encoder")
   shapes = models.input_shapes(config, config.batch_size)
   variables = jax.eval_shape(lambda: models.init_variables(networks, config, jax.random.key(0)))
-  e_vars = checkpoint.with_shardings(variables["encoder"], train.replicated(mesh))
+  e_vars = checkpoint.with_shardings(variables["encoder"], sharding.replicated(mesh))
   rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   x = jax.ShapeDtypeStruct(shapes["x_e"], jnp.float32, sharding=rows)
 
@@ -146,7 +148,7 @@ def benchmark_encoder(config) -> dict:
             "dot_conv_flops_per_iter": dot_conv_flops(loss_and_grad, *args)}
   if not FLAGS.compile_only:
     real_vars = jax.jit(lambda: models.init_variables(networks, config, jax.random.key(0)),
-                        out_shardings=train.replicated(mesh))()["encoder"]
+                        out_shardings=sharding.replicated(mesh))()["encoder"]
     images = jnp.zeros(shapes["x_e"], jnp.float32)
     jax.block_until_ready(compiled(real_vars, images))
     result["fwd_bwd_s"] = _median_time(lambda: compiled(real_vars, images), FLAGS.steps)
@@ -155,14 +157,13 @@ def benchmark_encoder(config) -> dict:
 
 def benchmark_step(config) -> dict:
   """Compiles and times the full training iteration and its D and E/G halves."""
-  mesh, networks, optimizers, step_fn = train.setup(config)
-  res = train.image_size(config)
-  c = config.model.image_channels if config.model.get("family", "bigbigan") == "bigbigan" else 1
+  mesh, networks, optimizers, step_fn = trainers.setup(config)
+  res, c = networks.image_size, networks.image_channels
   d_steps, batch = config.optim.d_steps, config.batch_size
-  state_shape = checkpoint.with_shardings(train.abstract_state(networks, optimizers, config),
-                                          train.replicated(mesh))
+  state_shape = checkpoint.with_shardings(common.abstract_state(networks, optimizers, config),
+                                          sharding.replicated(mesh))
   images_shape = jax.ShapeDtypeStruct((d_steps, batch, res, res, c), jnp.float32,
-                                      sharding=train.batch_sharding(mesh))
+                                      sharding=sharding.batch_sharding(mesh))
   start = time.perf_counter()
   compiled = step_fn.lower(state_shape, images_shape).compile()
   result = {"compile_s": time.perf_counter() - start, **_compiled_stats(compiled),
@@ -170,8 +171,8 @@ def benchmark_step(config) -> dict:
   if FLAGS.compile_only:
     return result
 
-  state = train.fresh_state(networks, optimizers, config, mesh)
-  images = train.global_images([np.zeros((batch // jax.process_count(), res, res, c),
+  state = common.fresh_state(networks, optimizers, config, mesh)
+  images = sharding.global_images([np.zeros((batch // jax.process_count(), res, res, c),
                                          np.float32)] * d_steps, mesh)
   for _ in range(2):  # warm-up
     state, metrics = compiled(state, images)
@@ -183,12 +184,14 @@ def benchmark_step(config) -> dict:
     return m
 
   result["iter_s"] = _median_time(iteration, FLAGS.steps)
-  raw = train.make_train_step(networks, optimizers, config, mesh)
+  parts = trainers.get_trainer(config.trainer).make_step(networks, optimizers, config, mesh)
   key = jax.random.key(0)
-  rep = train.replicated(mesh)
-  x = train.real_to_model_space(config, images[0])  # what the halves consume (BiGAN: flat)
+  rep = sharding.replicated(mesh)
+  x = networks.to_model_space(images[0])  # what the halves consume
   for name in ("d_update", "eg_update"):
-    half = jax.jit(getattr(raw, name), out_shardings=(rep, rep), donate_argnums=0)
+    if getattr(parts, name) is None:  # a step without the two halves (BiGAN's baselines)
+      continue
+    half = jax.jit(getattr(parts, name), out_shardings=(rep, rep), donate_argnums=0)
     holder["state"], m = half(holder["state"], x, key)
     jax.block_until_ready(m)
 
@@ -205,7 +208,7 @@ def benchmark_step(config) -> dict:
 def benchmark_input(config) -> dict:
   """Images per second the input pipeline delivers on this host."""
   it = input_pipeline.create_train_iterator(
-      config.data, image_size=train.image_size(config), global_batch_size=config.batch_size,
+      config.data, image_size=models.build(config).image_size, global_batch_size=config.batch_size,
       seed=config.seed)
   next(it)
   start, count = time.perf_counter(), 0

@@ -69,7 +69,7 @@ class Checkpointer:
 
     Args:
       abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings (see
-        `train.abstract_state`); the restored arrays get exactly those shardings.
+        `trainers.common.abstract_state`); the restored arrays get exactly those shardings.
       step: a specific step, or None for the newest readable one.
     """
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
@@ -90,6 +90,33 @@ class Checkpointer:
       return restored["state"], restored["data"], s
     raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
                     "move the broken step directories away or start a new --workdir")
+
+  def restore_weights(self, sharding, step=None):
+    """(weights, step) for inference: the state's `step`, `params`, `stats` and `ema` (no
+    optimizer state), placed with `sharding`. Their shapes are read from the checkpoint, so no
+    optimizer is built; falls back to older steps if the newest is unreadable."""
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    errors = []
+    for s in steps:
+      try:
+        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(self.directory, str(s), "state"))
+        tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+        wanted = {k: tree[k] for k in ("step", "params", "stats", "ema")}
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted)
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+        restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=abstract, restore_args=restore_args, partial_restore=True)))
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        logging.warning("Checkpoint at step %d is unreadable (%s); trying an older one.", s, e)
+        continue
+      if errors:
+        print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); loaded step {s}",
+              flush=True)
+      return restored["state"], s
+    raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
+                    "pass another --workdir or --step")
 
   def _set_aside_incomplete(self):
     """Moves the temporary directories of interrupted saves (never loaded by orbax, but left on

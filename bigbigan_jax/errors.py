@@ -11,3 +11,15 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
   """A loss, score or parameter became non-finite; the message names the step and the term."""
+
+
+def check(ok: bool, message: str):
+  """Raises UserError(message) unless `ok`."""
+  if not ok:
+    raise UserError(message)
+
+
+def check_choice(value, choices, field: str):
+  """Raises a UserError naming config field `field` unless `value` is one of `choices`."""
+  check(value in choices, f"config.{field}={value!r} is not one of "
+        f"{', '.join(map(str, choices))}; set --config.{field}=<one of them>")

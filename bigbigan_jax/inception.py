@@ -1,4 +1,4 @@
-"""The FID Inception-v3 in Flax; its weights read from pytorch-fid's file without torch (SPEC §7).
+"""The FID Inception-v3 in Flax; its weights read from pytorch-fid's file without torch (docs/design.md#evaluation).
 
 The network is the TF-slim Inception-v3 graph of 2015-12-05 (`inception-2015-12-05.tgz`) that the
 reference FID (TTUR) and Inception-score (improved-gan) code use, in the form pytorch-fid ports

@@ -1,6 +1,6 @@
 """Input pipeline: any TFDS image dataset or a folder of images -> batches of [-1, 1] images.
 
-One pipeline for every dataset (SPEC.md section 6). The training stream is defined globally,
+One pipeline for every dataset (docs/design.md#data). The training stream is defined globally,
 independent of how many processes read it:
 
   stream  = (train split minus train_val), shuffled from `seed`, reshuffled each epoch, forever
@@ -90,22 +90,17 @@ def preprocess(image, image_size, augment, rng):
   return out.astype(np.float32) / 127.5 - 1.0
 
 
-def d_view(images, resolution):
-  """Average-pools [..., H, W, C] images 2x2 until H == W == resolution (NumPy or JAX arrays).
-
-  G and D work at this resolution when E's input resolution is higher.
-  """
-  size = images.shape[-3]
-  factor = size // resolution if resolution > 0 else 0
-  if (images.shape[-2] != size or factor < 1 or factor * resolution != size
-      or factor & (factor - 1)):
-    raise UserError(f"cannot average-pool {images.shape[-3]}x{images.shape[-2]} images to "
-                    f"{resolution}x{resolution}: make the encoder resolution a power-of-two "
-                    "multiple of the generator resolution")
-  while images.shape[-3] > resolution:
-    *lead, h, w, c = images.shape
-    images = images.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
-  return images
+def match_channels(images, channels: int):
+  """[..., C] images with C in (1, 3) -> `channels` (1: ITU-R 601 luma, 3: gray repeated)."""
+  have = images.shape[-1]
+  if have == channels:
+    return images
+  if have == 1 and channels == 3:
+    return np.repeat(images, 3, axis=-1)
+  if have == 3 and channels == 1:
+    return (images @ np.asarray([0.299, 0.587, 0.114], images.dtype))[..., None]
+  raise UserError(f"cannot convert {have}-channel images to the model's {channels} channels; "
+                  "use a dataset with 1 or 3 channels")
 
 
 # ---------------------------------------------------------------------------------------------

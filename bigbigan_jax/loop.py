@@ -3,35 +3,45 @@
 import json
 import os
 import signal
+import time
 
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jax.experimental import multihost_utils
 
-from bigbigan_jax import bigan
 from bigbigan_jax import checkpoint
 from bigbigan_jax import errors
+from bigbigan_jax import evaluators
 from bigbigan_jax import images
+from bigbigan_jax import inference
 from bigbigan_jax import input_pipeline
-from bigbigan_jax import train
+from bigbigan_jax import models
+from bigbigan_jax import sharding
+from bigbigan_jax import trainers
+from bigbigan_jax import validation
+from bigbigan_jax.trainers import common
 
-# The losses on the progress line (the BiGAN baselines have their own).
-LOSSES = ("d_loss", "eg_loss", "e_loss_latent", "recon_loss")
-
-
-def _replicate(mesh, array):
-  """A host value, identical on every process, as a replicated global array."""
-  return jax.make_array_from_process_local_data(train.replicated(mesh), np.asarray(array))
+_fetch = sharding.fetch
 
 
-def _fetch(array) -> np.ndarray:
-  """A replicated global array back on the host (works in multi-process runs)."""
-  return np.asarray(array.addressable_data(0))
+class Timer:
+  """Steps/s, img/s and ETA between successive `report` calls."""
+
+  def __init__(self, total_steps: int, images_per_step: int, start_step: int):
+    self.total, self.images_per_step = total_steps, images_per_step
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def report(self, step: int) -> dict:
+    now = time.perf_counter()
+    steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    eta = (self.total - step) / max(steps_per_s, 1e-9)
+    return {"steps_per_s": steps_per_s, "img_per_s": steps_per_s * self.images_per_step,
+            "eta_s": eta}
 
 
 class Previews:
@@ -40,28 +50,28 @@ class Previews:
 
   def __init__(self, config, networks, mesh, num_samples: int = 64, num_real: int = 32):
     self.config, self.networks, self.mesh = config, networks, mesh
-    z = train.sample_z(jax.random.key(config.seed + 1), (num_samples, config.model.z_dim),
-                       config.model.z_dist)
-    self.z = _replicate(mesh, z)
+    z = models.sample_z(jax.random.key(config.seed + 1), (num_samples, config.model.z_dim),
+                        config.model.z_dist)
+    self.z = sharding.replicate(mesh, z)
     self.real = None
     if networks.encoder is not None:
       batch = next(input_pipeline.eval_batches(
-          config.data, config.data.eval_split, image_size=train.image_size(config),
+          config.data, config.data.eval_split, image_size=networks.image_size,
           batch_size=num_real))
-      self.real = _replicate(mesh, batch["image"])
+      self.real = sharding.replicate(mesh, batch["image"])
     g, e = networks.generator, networks.encoder
 
     def sample(state, z):
       x = g.apply({"params": state["ema"]["generator"], **state["stats"]["generator"]}, z,
                   train=False)
-      return bigan.flat_to_images(config, x) if x.ndim == 2 else x  # BiGAN MLPs: flat pixels
+      return networks.to_images(x)
 
     def reconstruct(state, x):
       enc = e.apply({"params": state["ema"]["encoder"], **state["stats"]["encoder"]},
-                    train.real_to_model_space(config, x), train=False)
+                    networks.to_model_space(x), train=False)
       return sample(state, enc["z_mean"])
 
-    out = train.replicated(mesh)
+    out = sharding.replicated(mesh)
     self.sample = jax.jit(sample, out_shardings=out)
     self.reconstruct = jax.jit(reconstruct, out_shardings=out) if e is not None else None
 
@@ -108,9 +118,8 @@ class BestCheckpoint:
   beside it records {step, metric, value} and survives restarts."""
 
   def __init__(self, config, workdir: str):
-    section = config.get("eval") or {}
-    self.metric = section.get("best_metric") or ""
-    self.maximize = section.get("best_mode", "max") == "max"
+    self.metric = config.eval.best_metric or ""
+    self.maximize = config.eval.best_mode == "max"
     self.directory = os.path.join(workdir, "best")
     self.record_path = os.path.join(self.directory, "best.json")
     self.record = None
@@ -182,19 +191,20 @@ def _truncate_metrics(path: str, last_step: int):
 def train_and_evaluate(config, workdir: str):
   """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one."""
   preemption = PreemptionWatch()  # first: a SIGTERM during start-up also stops cleanly
-  mesh, networks, optimizers, step_fn = train.setup(config)
+  validation.validate(config, num_devices=jax.device_count())
+  mesh, networks, optimizers, step_fn = trainers.setup(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   train_iter = input_pipeline.create_train_iterator(
-      config.data, image_size=train.image_size(config), global_batch_size=config.batch_size,
+      config.data, image_size=networks.image_size, global_batch_size=config.batch_size,
       seed=config.seed)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if ckpt.latest_step() is not None:
-    abstract = checkpoint.with_shardings(train.abstract_state(networks, optimizers, config),
-                                         train.replicated(mesh))
+    abstract = checkpoint.with_shardings(common.abstract_state(networks, optimizers, config),
+                                         sharding.replicated(mesh))
     state, data_state, start = ckpt.restore(abstract)
     train_iter.set_state(data_state)
     logging.info("Resumed from step %d.", start)
@@ -202,7 +212,7 @@ def train_and_evaluate(config, workdir: str):
     if is_main:
       _truncate_metrics(metrics_path, start)
   else:
-    state, start = train.fresh_state(networks, optimizers, config, mesh), 0
+    state, start = common.fresh_state(networks, optimizers, config, mesh), 0
   total = config.total_steps
   if start >= total:
     print(f"Already trained to step {start} (total_steps={total}); nothing to do.", flush=True)
@@ -210,24 +220,26 @@ def train_and_evaluate(config, workdir: str):
     return state
 
   previews = Previews(config, networks, mesh)
-  evaluator = None
-  if config.get("eval_every", 0) and (networks.encoder is not None
-                                      or bigan.method_of(config) == "d_features"):
-    from bigbigan_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluator = evaluate.make_evaluator(config, networks, mesh)
+  suite = evaluation_model = None
+  if evaluators.enabled(config) and (config.eval_every or any(
+      config.evals[n].every for n in evaluators.enabled(config))):
+    suite = evaluators.from_config(config)
+    evaluation_model = inference.BigBiGAN(config, networks, mesh,
+                                          batch_size=config.eval.batch_size)
   eval_path = os.path.join(workdir, "eval.jsonl")
   best = BestCheckpoint(config, workdir)
   d_steps = config.optim.d_steps
-  timer = train.Timer(total, config.batch_size * d_steps, start)
+  timer = Timer(total, config.batch_size * d_steps, start)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_steps=config.log_every)
   metrics_file = open(metrics_path, "a") if is_main else None
   last_saved = start
-  skip_nonfinite = config.get("skip_nonfinite", False)
+  skip_nonfinite = config.skip_nonfinite
+  losses = trainers.get_trainer(config.trainer).LOSSES
   for step in range(start + 1, total + 1):
     local = [next(train_iter)["image"] for _ in range(d_steps)]
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = step_fn(state, train.global_images(local, mesh))
+      state, metrics = step_fn(state, sharding.global_images(local, mesh))
     if not skip_nonfinite:
       try:
         _check_finite(step, metrics, last_saved)
@@ -243,18 +255,20 @@ def train_and_evaluate(config, workdir: str):
       if metrics_file:
         metrics_file.write(json.dumps({"step": step, **values}) + "\n")
         metrics_file.flush()
-        losses = " | ".join(f"{k} {values[k]:.4f}" for k in LOSSES if k in values)
+        shown = " | ".join(f"{k} {values[k]:.4f}" for k in losses if k in values)
         print(f"step {step}/{total} | {values['steps_per_s']:.2f} steps/s | "
-              f"{values['img_per_s']:.0f} img/s | ETA {values['eta_s'] / 60:.1f} min | {losses}",
+              f"{values['img_per_s']:.0f} img/s | ETA {values['eta_s'] / 60:.1f} min | {shown}",
               flush=True)
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
-    if evaluator and (step % config.eval_every == 0 or step == total):
-      results = {k: v for k, v in evaluator(state).items() if isinstance(v, (int, float))}
+    due = suite.due(step, total) if suite else ()
+    if due:
+      results = suite(evaluation_model.with_state(state, use_ema=True), due)
+      results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
       writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
       if is_main:
         with open(eval_path, "a") as f:
-          weights = "ema+encoder_standing_stats" if results.get("encoder_stats_batches") else "ema"
+          weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
           f.write(json.dumps({**results, "step": step, "weights": weights}) + "\n")
       best.update(step, results, state, train_iter.get_state(), config)
     preempted = preemption.reached(step)

@@ -1,4 +1,4 @@
-"""BigBiGAN and BiGAN objectives (SPEC §1, §9).
+"""BigBiGAN and BiGAN objectives (docs/design.md#losses).
 
 Scores are dicts `{'s_x', 's_z', 's_xz'}` of per-example arrays, `None` where a term does not
 exist. "enc" pairs are (x, E(x)) with label +1; "gen" pairs are (G(z), z) with label -1.

@@ -1,4 +1,4 @@
-"""Evaluation math on arrays: Fréchet distance, Inception score, linear probe, k-NN (SPEC §7).
+"""Evaluation math on arrays: Fréchet distance, Inception score, linear probe, k-NN (docs/design.md#evaluation).
 
 Pure functions of NumPy/JAX arrays: no models, no data pipeline (see evaluate.py for those).
 """

@@ -28,7 +28,7 @@ def summarize(config) -> dict:
   for name in d:
     counts[f"discriminator/{name}"] = count_params(d[name])
   counts["discriminator"] = count_params(d)
-  # The anchor of SPEC §2: BigGAN's D trunk plus its unconditional output layer.
+  # BigGAN's D trunk plus its unconditional output layer (docs/design.md#generator).
   counts["discriminator/F+theta_x"] = count_params(d["F"]) + count_params(d.get("theta_x", {}))
   io = {"z": shapes["z"], "generator_out": None, "encoder_in": shapes["x_e"],
         "discriminator_x_in": shapes["x_d"]}

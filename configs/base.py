@@ -1,4 +1,4 @@
-"""BigBiGAN, the paper's Base row of Table 1, and every other row as a named variant (SPEC §8).
+"""BigBiGAN, the paper's Base row of Table 1, and every other row as a named variant (BigBiGAN Table 1).
 
   python -m bigbigan_jax.main --config=configs/base.py --workdir=DIR
   python -m bigbigan_jax.main --config=configs/base.py:variant=revnet_x4,seed=1 --workdir=DIR
@@ -16,6 +16,7 @@ from bigbigan_jax.errors import UserError
 
 def _base():
   c = ml_collections.ConfigDict()
+  c.trainer = "bigbigan"         # bigbigan_jax/trainers/: 'bigbigan' | 'bigan' (BiGAN 2017)
   c.seed = 0
   c.total_steps = 500_000        # E/G updates (each after `optim.d_steps` D updates)
   c.batch_size = 2048            # global batch: real images and z per step, across all hosts
@@ -26,15 +27,17 @@ def _base():
   c.image_every = 5000           # sample and reconstruction grids
   c.eval_every = 0               # in-training evaluation to eval.jsonl (0 = off)
   c.eval = ml_collections.ConfigDict(dict(
-      metrics="linear_probe,knn,recon", batch_size=256,
+      batch_size=256,
       train_examples=ml_collections.FieldReference(50_000, field_type=int),  # probe/k-NN bank
-      num_fid_samples=10_000, standing_stats=True,  # fid,is (need --inception_weights)
       # >0: before each evaluation, re-estimate E's BN statistics (D's for d_features) as the
       # average batch moments of this many full train batches; 0 uses the running statistics.
       encoder_stats_batches=0,
       # WORKDIR/best/ keeps the checkpoint that scored best on this in-training metric (the
       # paper's model selection: train_val linear-probe accuracy); '' keeps none.
       best_metric="linear_probe_avepool_train_val", best_mode="max"))
+  # The evaluators (bigbigan_jax/evaluators/): these three every `eval_every` steps; the others
+  # (recon_labels, pairing, fid, is, bigan_nn1) on with e.g. --config.evals.fid.every=5000.
+  c.evals = config_lib.evals("linear_probe", "knn", "recon")
   c.skip_nonfinite = False       # True: drop non-finite updates (counted) instead of stopping
 
   c.data = ml_collections.ConfigDict()
@@ -49,6 +52,7 @@ def _base():
   c.data.on_corrupt = "skip"
 
   c.model = ml_collections.ConfigDict()
+  c.model.family = "bigbigan"     # the networks of models/ ('bigan_mlp': BiGAN 2017's MLPs)
   c.model.z_dim = 120
   c.model.z_dist = "normal"        # 'normal' | 'uniform'
   c.model.separate_d_batches = False  # True: D scores each pair type in its own call (its BN)
@@ -77,7 +81,11 @@ def _base():
       e_lr_mult=1.0,               # eta: E's learning rate is eta * g_lr
       b1=0.0, b2=0.999, eps=1e-8,
       d_steps=2,                   # D updates per E/G update
-      grad_accum=1))               # micro-batches per update (BN then sees batch / grad_accum)
+      grad_accum=1,                # micro-batches per update (BN then sees batch / grad_accum)
+      weight_decay=0.0,            # L2 penalty's gradient on every weight (BiGAN 2017: 2.5e-5)
+      # 'constant', or 'constant_then_exp_decay' (BiGAN 2017): constant for the first
+      # decay_start of total_steps, then exponential decay to final_lr_mult times the rate.
+      schedule="constant", decay_start=0.5, final_lr_mult=1.0))
 
   c.ema = ml_collections.ConfigDict(dict(decay=0.9999, start_step=20_000))
   return c
@@ -124,7 +132,8 @@ VARIANTS = {
     "no_unaries": _set(**{"loss.s_x": False, "loss.s_z": False}),
     "small_g_32": _set(**{"model.generator.ch": 32}),
     "small_g_64": _set(**{"model.generator.ch": 64}),
-    "no_e_gan": _set(**{"model.encoder.enabled": False, "loss.s_z": False, "loss.s_xz": False}),
+    "no_e_gan": _set(**{"model.encoder.enabled": False, "loss.s_z": False, "loss.s_xz": False,
+                        "eval.best_metric": "fid", "eval.best_mode": "min"}),
     "high_res_e": _e256,
     "low_res_g": _chain(_e256, _set(**{"model.generator.resolution": 64})),
     "high_res_g": _chain(_e256, _set(**{"model.generator.resolution": 256, "model.z_dim": 140})),

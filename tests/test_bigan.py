@@ -11,14 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigbigan_jax import api
-from bigbigan_jax import bigan
-from bigbigan_jax import evaluate
-from bigbigan_jax import extract
-from bigbigan_jax import train
+from bigbigan_jax import evaluators
+from bigbigan_jax import inference
+from bigbigan_jax import optimizers as optimizers_lib
+from bigbigan_jax import sharding
+from bigbigan_jax import trainers
 from bigbigan_jax import validation
 from bigbigan_jax.config_lib import load_sibling_config
 from bigbigan_jax.errors import UserError
+from bigbigan_jax.trainers import common
 from cli_helpers import REPO, env_for
 
 bigan_mnist = load_sibling_config(os.path.join(REPO, "configs", "bigan_mnist.py"), "bigan_mnist")
@@ -26,14 +27,14 @@ bigan_mnist = load_sibling_config(os.path.join(REPO, "configs", "bigan_mnist.py"
 
 def _steps(config, num_steps):
   """Runs `num_steps` training steps on random digits; returns the states before and after."""
-  mesh, networks, optimizers, step_fn = train.setup(config)
-  state = train.fresh_state(networks, optimizers, config, mesh)
+  mesh, networks, optimizers, step_fn = trainers.setup(config)
+  state = common.fresh_state(networks, optimizers, config, mesh)
   first = jax.tree.map(np.asarray, state)
   rng = np.random.default_rng(0)
   history = []
   for _ in range(num_steps):
     images = rng.uniform(-1, 1, (config.optim.d_steps, config.batch_size, 28, 28, 1))
-    state, metrics = step_fn(state, train.global_images(list(images.astype(np.float32)), mesh))
+    state, metrics = step_fn(state, sharding.global_images(list(images.astype(np.float32)), mesh))
     history.append(jax.tree.map(np.asarray, metrics))
   return first, jax.tree.map(np.asarray, state), history, networks
 
@@ -58,21 +59,22 @@ def test_the_paper_networks_and_objective():
   assert (config.model.x_dim, config.model.z_dim, config.model.hidden) == (784, 50, 1024)
   assert (config.model.z_dist, config.loss.form, config.batch_size) == ("uniform", "bce", 128)
   assert (config.optim.g_lr, config.optim.b1, config.optim.weight_decay) == (2e-4, 0.5, 2.5e-5)
-  mesh, networks, _, _ = train.setup(config)
+  mesh, networks, _, _ = trainers.setup(config)
   del mesh
   assert networks.discriminator.use_z  # the joint D(x, z)
-  assert not train.setup(bigan_mnist.get_config("variant=latent_regressor"))[1].discriminator.use_z
+  assert not trainers.setup(bigan_mnist.get_config("variant=latent_regressor"))[1].discriminator.use_z
 
 
 def test_schedule_is_constant_then_decays_to_one_percent():
   config = bigan_mnist.get_config()
-  lr = train.learning_rate(config, 2e-4)
+  lr = optimizers_lib.learning_rate(config, 2e-4)
   total, start = config.total_steps, int(config.optim.decay_start * config.total_steps)
   np.testing.assert_allclose([lr(0), lr(start)], [2e-4, 2e-4], rtol=1e-6)
   np.testing.assert_allclose(lr(total), 2e-6, rtol=1e-4)
   assert 2e-6 < lr((start + total) // 2) < 2e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["bigan", "d_features", "joint_latent_regressor"])
 def test_adversarial_rows_train_the_right_networks(variant):
   config = _tiny(variant)
@@ -88,14 +90,15 @@ def test_adversarial_rows_train_the_right_networks(variant):
     assert {"d_loss", "eg_loss", "e_loss_latent"} <= set(history[-1])
 
 
+@pytest.mark.slow
 def test_latent_regressor_fits_e_only_after_the_gan_phase():
   config = _tiny("latent_regressor", **{"baseline.gan_steps": 2, "total_steps": 4})
-  mesh, networks, optimizers, step_fn = train.setup(config)
-  state = train.fresh_state(networks, optimizers, config, mesh)
+  mesh, networks, optimizers, step_fn = trainers.setup(config)
+  state = common.fresh_state(networks, optimizers, config, mesh)
   snapshots = [jax.tree.map(np.asarray, state["params"])]
   images = np.random.default_rng(0).uniform(-1, 1, (1, config.batch_size, 28, 28, 1))
   for _ in range(4):
-    state, _ = step_fn(state, train.global_images(list(images.astype(np.float32)), mesh))
+    state, _ = step_fn(state, sharding.global_images(list(images.astype(np.float32)), mesh))
     snapshots.append(jax.tree.map(np.asarray, state["params"]))
   # Steps 1-2: GAN only. Steps 3-4: E only, with G and D frozen.
   for before, after in zip(snapshots[:2], snapshots[1:3]):
@@ -119,7 +122,7 @@ def test_d_features_are_the_encoding_of_the_gan_baseline():
   config = _tiny("d_features")
   _, last, _, networks = _steps(config, 1)
   state = jax.tree.map(jnp.asarray, last)
-  model = api.BigBiGAN(config, networks, api.local_mesh(), batch_size=4).with_state(state)
+  model = inference.BigBiGAN(config, networks, sharding.local_mesh(), batch_size=4).with_state(state)
   assert model.has_features and not model.has_encoder
   out = model.encode(np.zeros((3, 28, 28, 1), np.float32))
   assert set(out) == {"avepool_feat", "bn_crelu_feat"}
@@ -137,12 +140,13 @@ def test_bad_method_and_mismatched_encoder_are_one_line_errors():
     validation.validate(config)
 
 
+@pytest.mark.slow
 def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_data_dir):
   workdir = str(tmp_path)
   command = [sys.executable, "-m", "bigbigan_jax.main",
              f"--config={os.path.join(REPO, 'configs', 'bigan_mnist.py')}:runlocal",
              f"--workdir={workdir}", f"--config.data.data_dir={mnist_data_dir}",
-             "--config.eval_every=3", "--config.eval.metrics=knn,pairing"]
+             "--config.eval_every=3", "--config.evals.pairing.every=3"]
   result = subprocess.run(command, env=env_for(1), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -168,13 +172,13 @@ def test_bigan_run_reports_the_papers_1nn_next_to_raw_pixels(tmp_path, mnist_dat
   with open(os.path.join(workdir, "best", "best.json")) as f:
     assert json.load(f) == {"step": top["step"], "metric": "nn1_train_val",
                             "value": top["nn1_train_val"]}
-  assert api.load(os.path.join(workdir, "best")).step == top["step"]
+  assert inference.load(os.path.join(workdir, "best")).step == top["step"]
 
 
 def test_the_bigan_code_layers_have_no_bias_and_small_gaussian_weights():
   config = bigan_mnist.get_config()
   assert (config.model.use_bias, config.model.init_stddev) == (False, 0.02)
-  _, networks, _, _ = train.setup(config)
+  _, networks, _, _ = trainers.setup(config)
   variables = jax.jit(lambda: networks.discriminator.init(
       jax.random.key(0), jnp.zeros((2, 784)), jnp.zeros((2, 50)), train=True))()
   leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
@@ -194,9 +198,9 @@ def test_separate_d_batches_normalise_each_pair_type_on_its_own():
   scores = {}
   for separate in (True, False):
     config = _tiny("bigan", **{"model.separate_d_batches": separate})
-    mesh, networks, optimizers, _ = train.setup(config)
-    state = train.fresh_state(networks, optimizers, config, mesh)
-    step = train.make_train_step(networks, optimizers, config, mesh)
+    mesh, networks, optimizers, _ = trainers.setup(config)
+    state = common.fresh_state(networks, optimizers, config, mesh)
+    step = trainers.get_trainer(config.trainer).make_step(networks, optimizers, config, mesh)
     params, stats = state["params"]["discriminator"], state["stats"]["discriminator"]
     enc, gen, _ = step.discriminate(params, stats, x, z_hat, x_fake, z)
     scores[separate] = np.asarray(enc["s_xz"])
@@ -206,16 +210,16 @@ def test_separate_d_batches_normalise_each_pair_type_on_its_own():
   assert np.max(np.abs(scores[True] - scores[False])) > 1e-3
 
 
+@pytest.mark.slow
 def test_evaluator_reestimates_the_encoder_bn_statistics_on_full_train_batches(mnist_data_dir):
   config = _tiny("bigan", **{"data.data_dir": mnist_data_dir})
   _, last, _, networks = _steps(config, 2)
-  model = api.BigBiGAN(config, networks, api.local_mesh(), batch_size=1000).with_state(
+  model = inference.BigBiGAN(config, networks, sharding.local_mesh(), batch_size=1000).with_state(
       jax.tree.map(jnp.asarray, last))
-  evaluator = evaluate.Evaluator(model, config.data, metrics=("knn",), encoder_stats_batches=5)
-  standing, used = evaluator.with_encoder_standing_stats(model, 5)
+  standing, used = evaluators.common.Data(config.data).with_encoder_standing_stats(model, 5)
   # 3,500 training digits: three full batches of 1,000; the padded fourth never counts.
   assert used == 3
-  batches = itertools.islice(extract.split_batches(model, config.data, "train"), 3)
+  batches = itertools.islice(evaluators.common.split_batches(model, config.data, "train"), 3)
   expected = model.with_encoder_standing_stats([b["image"] for b in batches])
   got, want = (m.variables["encoder"]["batch_stats"] for m in (standing, expected))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)

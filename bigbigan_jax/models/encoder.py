@@ -1,4 +1,4 @@
-"""The encoder E: a ResNet-v2 or RevNet trunk and a residual-MLP head to z (SPEC §4).
+"""The encoder E: a ResNet-v2 or RevNet trunk and a residual-MLP head to z (docs/design.md#encoder).
 
 Standard batch norm (global batch statistics), He init, no spectral norm.
 """

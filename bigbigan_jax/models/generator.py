@@ -1,4 +1,4 @@
-"""BigGAN generator, unconditional ("single-label"), hierarchical z (SPEC §2)."""
+"""BigGAN generator, unconditional ("single-label"), hierarchical z (BigGAN; docs/design.md#generator)."""
 
 from typing import Any
 

@@ -13,11 +13,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigbigan_jax.errors import UserError
+
 SPECTRAL = "spectral"  # collection holding the spectral-norm u vectors and sigma estimates
 
 orthogonal = nn.initializers.orthogonal
 # He init for the encoder (a standard ResNet, no spectral norm).
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+
+def d_view(images, resolution):
+  """Average-pools [..., H, W, C] images 2x2 until H == W == resolution (NumPy or JAX arrays).
+
+  G and D work at this resolution when E's input resolution is higher.
+  """
+  size = images.shape[-3]
+  factor = size // resolution if resolution > 0 else 0
+  if (images.shape[-2] != size or factor < 1 or factor * resolution != size
+      or factor & (factor - 1)):
+    raise UserError(f"cannot average-pool {images.shape[-3]}x{images.shape[-2]} images to "
+                    f"{resolution}x{resolution}: make the encoder resolution a power-of-two "
+                    "multiple of the generator resolution")
+  while images.shape[-3] > resolution:
+    *lead, h, w, c = images.shape
+    images = images.reshape(*lead, h // 2, 2, w // 2, 2, c).mean(axis=(-4, -2))
+  return images
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""RevNet-50 trunk with an optional memory-saving reversible backward pass (SPEC §4).
+"""RevNet-50 trunk with an optional memory-saving reversible backward pass (docs/design.md#encoder).
 
 A reversible unit maps `[x1, x2]` to `[x2, x1 + F(x2)]`, so its input can be recomputed from its
 output: `x1 = y1 - F(x2)`. With `reversible_backward=True` each stage is a `jax.custom_vjp` whose
@@ -114,8 +114,8 @@ def stem(x, kernel, dtype):
   Autodiff would keep the conv output (at RevNet x4, 128x128x1024 per image) from the forward to
   the backward and differentiate `reduce_window(max)` into select-and-scatter, which XLA's CPU
   compiler expands into four int32 index arrays, a variadic reduce-window and a scatter, each the
-  size of the padded conv output: with either backward that was the encoder's peak memory (23 of
-  34 GB at batch 64, bf16). Here the forward runs conv and pool on channel slices and keeps only
+  size of the padded conv output: with either backward that would be the encoder's peak memory
+  (23 of 34 GB at batch 64, bf16). Here the forward runs conv and pool on channel slices and keeps only
   the pooled output and, per output, which window offset held the maximum (uint8: 1/8 of the
   conv output's bf16 bytes); the backward rebuilds the conv output's cotangent from those, one
   channel slice at a time, and differentiates the conv per slice. Same values and gradients as

@@ -8,8 +8,8 @@ and evaluates itself every 500 steps and at its last step (1-NN on E(x), on E's 
 and on raw pixels, over the 1,000 test digits with the 3,500 training digits outside train_val as
 the bank; `summarize --pick=best` takes the eval with the best train_val 1-NN). The
 schedule is the paper's, scaled to the 3,500 training digits: the BiGAN row takes about 12 minutes
-on 2 CPU cores alone; with `--parallel=2` two BiGAN rows ran at 4.3 steps/s each, 23 minutes
-(2026-12-02), and the whole sweep took 55 minutes (2026-12-01).
+on 2 CPU cores alone; the whole sweep takes about an hour with `--parallel=2` (measured runs:
+docs/experiments/).
 """
 
 import os

@@ -20,8 +20,9 @@ VARIANTS = (
 # None where the paper has no value. IS and FID of generated images at 500K steps; "cls" is
 # ImageNet top-1 (%) of a logistic regression on E's features, on the 10K-image train_val split.
 # Source: J. Donahue, K. Simonyan, "Large Scale Adversarial Representation Learning",
-# NeurIPS 2019 (arXiv:1907.02544), Table 1; transcribed from shared/seeds/002_cce78ad8211435f5.txt.
-# (No E (GAN) is selected by best FID, every other row by best train_val accuracy.)
+# NeurIPS 2019 (arXiv:1907.02544), Table 1.
+# (No E (GAN) is selected by best FID, every other row by best train_val accuracy: each run's
+# eval.best_metric.)
 PAPER_TABLE1 = {
     "base": dict(IS=(22.66, 0.18), FID=(31.19, 0.37), cls=(48.10, 0.13)),
     "deterministic_e": dict(IS=(22.79, 0.27), FID=(31.31, 0.30), cls=(46.97, 0.35)),

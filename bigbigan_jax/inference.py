@@ -1,4 +1,4 @@
-"""A trained checkpoint as a Python object, mirroring the released BigBiGAN hub modules (SPEC §10).
+"""A trained checkpoint as a Python object, mirroring the released BigBiGAN hub modules.
 
   import bigbigan_jax
   model = bigbigan_jax.load("runs/mnist")                  # newest checkpoint, EMA weights
@@ -12,33 +12,26 @@ chunks of a fixed `batch_size` (the last one zero-padded) so that each function 
 """
 
 import copy
+import functools
 import os
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from bigbigan_jax import bigan
 from bigbigan_jax import checkpoint
+from bigbigan_jax import config_lib
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
-from bigbigan_jax import train
+from bigbigan_jax import sharding
 from bigbigan_jax.errors import UserError
 
 ENCODER_OUTPUTS = ("avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev", "z_sample")
-FEATURE_OUTPUTS = ("avepool_feat", "bn_crelu_feat", "z_mean")  # what extract.py saves
 
 
 # ---------------------------------------------------------------------------------------------
 # Restoring a checkpoint.
-
-def local_mesh() -> Mesh:
-  """A 1-D ('data',) mesh over this process's devices: inference needs no other host."""
-  return Mesh(np.asarray(jax.local_devices()), ("data",))
-
 
 def _lists_to_tuples(value):
   """The config is saved as JSON, which turns tuples (e.g. encoder.units) into lists."""
@@ -64,21 +57,18 @@ def restore(path: str, step=None, mesh=None):
   Args:
     path: a training --workdir or its checkpoints/ directory.
     step: a saved step, or None for the newest readable one.
-    mesh: defaults to `local_mesh()`.
+    mesh: defaults to `sharding.local_mesh()`.
   """
-  mesh = mesh or local_mesh()
+  mesh = mesh or sharding.local_mesh()
   ckpt = checkpoint.Checkpointer(workdir_of(path), read_only=True)
   try:
     steps = ckpt.all_steps()
     if step is not None and step not in steps:
       raise UserError(f"no checkpoint at step {step} in {ckpt.directory} (saved steps: "
                       f"{sorted(steps)}); pass one of them or leave the step out for the newest")
-    config = _lists_to_tuples(ckpt.restore_config(step))
+    config = config_lib.upgrade_saved(_lists_to_tuples(ckpt.restore_config(step)))
     networks = models.build(config)
-    abstract = checkpoint.with_shardings(
-        train.abstract_state(networks, train.create_optimizers(config), config),
-        train.replicated(mesh))
-    state, _, step = ckpt.restore(abstract, step)
+    state, step = ckpt.restore_weights(sharding.replicated(mesh), step)
   finally:
     ckpt.close()
   return config, networks, state, step
@@ -88,7 +78,7 @@ def load_config(path: str, step=None) -> ml_collections.ConfigDict:
   """The training config saved with a checkpoint (newest step by default)."""
   ckpt = checkpoint.Checkpointer(workdir_of(path), read_only=True)
   try:
-    return _lists_to_tuples(ckpt.restore_config(step))
+    return config_lib.upgrade_saved(_lists_to_tuples(ckpt.restore_config(step)))
   finally:
     ckpt.close()
 
@@ -111,7 +101,7 @@ def load(path: str, step=None, use_ema: bool = True, batch_size: int = 64) -> "B
     use_ema: use the EMA weights of G and E (what the paper evaluates); D has no EMA.
     batch_size: the fixed chunk every method is compiled for.
   """
-  mesh = local_mesh()
+  mesh = sharding.local_mesh()
   config, networks, state, step = restore(path, step, mesh)
   return BigBiGAN(config, networks, mesh, batch_size=batch_size).with_state(state, use_ema, step)
 
@@ -128,30 +118,25 @@ class BigBiGAN:
   Attributes:
     config, networks, mesh, step (of the bound weights), z_dim, image_size (E's input
     resolution; G's when there is no encoder), generator_resolution, image_channels, has_encoder,
-    has_features (an encoder, or the BiGAN "D features" baseline whose `encode` gives D's hidden
-    layer as avepool_feat/bn_crelu_feat), feature_keys (the features `encode` provides).
+    has_features (an encoder, or a D whose hidden layer is the representation, see
+    `models.Networks.features_from`), feature_keys (the features `encode` provides).
   """
 
   def __init__(self, config, networks, mesh, batch_size: int = 64):
     self.config, self.networks, self.mesh = config, networks, mesh
-    m = config.model
-    self.bigan_mlp = m.get("family", "bigbigan") == "bigan_mlp"
-    self.z_dim, self.z_dist = m.z_dim, m.z_dist
-    self.image_channels = m.get("image_channels", 1 if self.bigan_mlp else 3)
-    self.image_size = train.image_size(config)
-    self.generator_resolution = m.image_size if self.bigan_mlp else m.generator.resolution
+    self.z_dim, self.z_dist = config.model.z_dim, config.model.z_dist
+    self.image_channels = networks.image_channels
+    self.image_size = networks.image_size
+    self.generator_resolution = networks.generator_resolution
     self.has_encoder = networks.encoder is not None
-    self.features_from_d = not self.has_encoder and bigan.method_of(config) == "d_features"
-    self.has_features = self.has_encoder or self.features_from_d
-    self.feature_keys = FEATURE_OUTPUTS if self.has_encoder else FEATURE_OUTPUTS[:2]
-    if self.bigan_mlp and self.has_encoder:  # E's linear output, where BiGAN measured 1-NN
-      self.feature_keys += ("z_logits",)
+    self.features_from_d = networks.features_from == "discriminator"
+    self.has_features = networks.features_from is not None
+    self.feature_keys = networks.feature_keys
     # Every chunk is split evenly over the mesh.
     self.batch_size = -(-batch_size // mesh.size) * mesh.size
     self.variables, self.step = None, None
-    self.replicated = train.replicated(mesh)
-    self._data = NamedSharding(mesh, P("data"))
-    self.multihost = any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+    self.replicated = sharding.replicated(mesh)
+    self.multihost = sharding.is_multihost(mesh)
     self._jitted = {}  # shared by the `with_state` copies
     jit = lambda f: jax.jit(f, out_shardings=self.replicated)
     self._encode = jit(self.apply_encoder)
@@ -164,6 +149,16 @@ class BigBiGAN:
     bound = copy.copy(self)
     bound.variables = variables_of(state, use_ema)
     bound.step = int(np.asarray(state["step"].addressable_data(0)) if step is None else step)
+    return bound
+
+  def with_random_init(self) -> "BigBiGAN":
+    """A copy bound to freshly initialised weights (from `config.seed`, as training starts):
+    the untrained twin that shows what training added."""
+    init = functools.partial(models.init_variables, self.networks, self.config,
+                             jax.random.key(self.config.seed))
+    bound = copy.copy(self)
+    bound.variables = jax.jit(init, out_shardings=self.replicated)()
+    bound.step = 0
     return bound
 
   def with_standing_stats(self, num_batches: int = 16, seed: int = 1) -> "BigBiGAN":
@@ -204,8 +199,7 @@ class BigBiGAN:
     if net not in self.variables or "batch_stats" not in self.variables[net] or not local_batches:
       return self
     module = getattr(self.networks, net)
-    prepare = (lambda z: z) if net == "generator" else (
-        lambda x: train.real_to_model_space(self.config, x))
+    prepare = (lambda z: z) if net == "generator" else self.networks.to_model_space
 
     def updated_stats(variables, inputs, start):
       v = variables[net]
@@ -239,8 +233,8 @@ class BigBiGAN:
 
   def apply_encoder(self, variables, images, rng=None) -> dict:
     """E(x) in inference mode; images in [-1, 1] NHWC at `image_size`. No rng: z_sample = z_mean."""
-    x = train.real_to_model_space(self.config, images)
-    if self.features_from_d:  # the "D features" baseline: D's last hidden layer
+    x = self.networks.to_model_space(images)
+    if self.features_from_d:  # e.g. BiGAN's "D features" baseline: D's last hidden layer
       h = self.networks.discriminator.apply(variables["discriminator"], x, None,
                                             train=False)["features"]
       return {"avepool_feat": h, "bn_crelu_feat": jnp.concatenate([jnp.maximum(h, 0),
@@ -250,8 +244,8 @@ class BigBiGAN:
 
   def apply_generator(self, variables, z):
     """G(z) as [N, H, W, C] images in [-1, 1] (the BiGAN MLP's flat [0, 1] vectors reshaped)."""
-    x = self.networks.generator.apply(variables["generator"], z, train=False)
-    return bigan.flat_to_images(self.config, x) if self.bigan_mlp else x
+    return self.networks.to_images(
+        self.networks.generator.apply(variables["generator"], z, train=False))
 
   def apply_reconstruct(self, variables, images):
     """G(E(x)) from the posterior mean, at G's resolution."""
@@ -259,13 +253,13 @@ class BigBiGAN:
 
   def d_view(self, images):
     """Images as D and G see them: E-resolution inputs average-pooled to G's resolution."""
-    if not self.bigan_mlp and images.shape[-3] != self.generator_resolution:
-      return input_pipeline.d_view(images, self.generator_resolution)
+    if images.shape[-3] != self.generator_resolution:
+      return models.layers.d_view(images, self.generator_resolution)
     return images
 
   def apply_discriminator(self, variables, images, z) -> dict:
     """D's scores {score_x, score_z, score_xz} (None where the config has no such term)."""
-    x = train.real_to_model_space(self.config, self.d_view(images))
+    x = self.networks.to_model_space(self.d_view(images))
     s = self.networks.discriminator.apply(variables["discriminator"], x, z, train=False)
     return {"score_x": s["s_x"], "score_z": s["s_z"], "score_xz": s["s_xz"]}
 
@@ -273,17 +267,11 @@ class BigBiGAN:
 
   def to_device(self, local_rows):
     """This process's rows of a global batch -> a global array sharded along 'data'."""
-    local_rows = np.asarray(local_rows)
-    if not self.multihost:
-      return jax.device_put(local_rows, self._data)
-    shape = (local_rows.shape[0] * jax.process_count(),) + local_rows.shape[1:]
-    return jax.make_array_from_process_local_data(self._data, local_rows, shape)
+    return sharding.to_device_rows(local_rows, self.mesh)
 
   def gather(self, local_rows) -> np.ndarray:
     """This process's rows of a global batch -> the whole global batch, on every process."""
-    if not self.multihost:
-      return np.asarray(local_rows)
-    return np.asarray(multihost_utils.process_allgather(np.asarray(local_rows), tiled=True))
+    return sharding.gather_rows(local_rows, self.mesh)
 
   def _local_rows(self, chunk):
     if not self.multihost:
@@ -291,7 +279,7 @@ class BigBiGAN:
     rows = len(chunk) // jax.process_count()
     return chunk[jax.process_index() * rows:(jax.process_index() + 1) * rows]
 
-  def _batched(self, fn, *arrays, rng=None):
+  def batched(self, fn, *arrays, rng=None):
     """Runs fn(variables, *chunks[, key]) over fixed-size chunks; returns host arrays of N rows."""
     if self.variables is None:
       raise UserError("no weights bound: use bigbigan_jax.load(workdir) or model.with_state(state)")
@@ -338,20 +326,20 @@ class BigBiGAN:
     """
     self.require_encoder(features_only=True)
     images = self._check_images(images, (self.image_size,), "encode")
-    return self._batched(self._encode, images, rng=jax.random.key(seed))
+    return self.batched(self._encode, images, rng=jax.random.key(seed))
 
   def generate(self, z) -> np.ndarray:
     """G(z): [N, z_dim] latents -> [N, H, W, C] images in [-1, 1] at G's resolution."""
     z = np.asarray(z, np.float32)
     if z.ndim != 2 or z.shape[1] != self.z_dim:
       raise UserError(f"generate expects z of shape [N, {self.z_dim}], got {z.shape}")
-    return self._batched(self._generate, z)
+    return self.batched(self._generate, z)
 
   def reconstruct(self, images) -> np.ndarray:
     """G(E(x)) from z_mean, at G's resolution."""
     self.require_encoder()
     images = self._check_images(images, (self.image_size,), "reconstruct")
-    return self._batched(self._reconstruct, images)
+    return self.batched(self._reconstruct, images)
 
   def discriminate(self, images, z) -> dict:
     """D(x, z): {score_x, score_z, score_xz}, each [N] (None where the config lacks the term).
@@ -364,11 +352,11 @@ class BigBiGAN:
     if z.shape != (len(images), self.z_dim):
       raise UserError(f"discriminate expects z of shape [{len(images)}, {self.z_dim}], "
                       f"got {z.shape}")
-    return self._batched(self._discriminate, images, z)
+    return self.batched(self._discriminate, images, z)
 
   def sample_z(self, n: int, seed: int = 0) -> np.ndarray:
     """n latents from the prior P_z the model was trained with."""
-    return np.asarray(train.sample_z(jax.random.key(seed), (n, self.z_dim), self.z_dist))
+    return np.asarray(models.sample_z(jax.random.key(seed), (n, self.z_dim), self.z_dist))
 
   def preprocess(self, images) -> np.ndarray:
     """uint8 images of any size -> float32 [N, S, S, C] in [-1, 1] at E's resolution.
@@ -387,21 +375,8 @@ class BigBiGAN:
       if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise UserError(f"cannot preprocess an image of shape {image.shape}: pass uint8 "
                         "[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] images")
-      image = match_channels(image[:, :, :3].astype(np.float32), self.image_channels)
+      image = input_pipeline.match_channels(image[:, :, :3].astype(np.float32),
+                                            self.image_channels)
       image = np.clip(np.round(image), 0, 255).astype(np.uint8)
       out.append(input_pipeline.preprocess(image, self.image_size, "center", None))
     return np.stack(out)
-
-
-def match_channels(images, channels: int):
-  """[..., C] images with C in (1, 3) -> `channels` (1: ITU-R 601 luma, 3: gray repeated)."""
-  have = images.shape[-1]
-  if have == channels:
-    return images
-  if have == 1 and channels == 3:
-    return np.repeat(images, 3, axis=-1)
-  if have == 3 and channels == 1:
-    return (images @ np.asarray([0.299, 0.587, 0.114], images.dtype))[..., None]
-  raise UserError(f"cannot convert {have}-channel images to the model's {channels} channels; "
-                  "use a dataset with 1 or 3 channels")
-
