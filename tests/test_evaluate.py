@@ -349,3 +349,26 @@ def test_evaluator_without_probes_needs_no_train_features(mnist_data_dir):
   result = _evaluate_in_training(config, networks, state, ("recon", "pairing"))
   assert {"recon_mse_test", "pairing_encoder_test", "pairing_generator"} <= set(result), result
   assert not any(k.startswith(("linear_probe", "knn", "nn1")) for k in result), result
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints written by version 0.1 (train.py layout, eval.metrics, no config.trainer).
+
+OLD_CHECKPOINTS = os.path.join(REPO, "tests", "data", "old_checkpoints")
+
+
+@pytest.mark.parametrize("run, trainer, evaluations", [
+    ("bigbigan", "bigbigan", ("linear_probe", "knn", "recon", "recon_labels")),
+    # This BiGAN run was trained with --config.eval.metrics=knn,pairing.
+    ("bigan", "bigan", ("knn", "pairing", "bigan_nn1"))])
+def test_checkpoints_of_the_previous_layout_still_load(run, trainer, evaluations):
+  model = inference.load(os.path.join(OLD_CHECKPOINTS, run), batch_size=2)
+  assert model.config.trainer == trainer
+  assert set(evaluators.enabled(model.config)) == set(evaluations)
+  x = np.zeros((3, model.image_size, model.image_size, model.image_channels), np.float32)
+  features = model.encode(x)
+  assert features["avepool_feat"].shape[0] == 3 and np.all(np.isfinite(features["z_mean"]))
+  images = model.generate(model.sample_z(3))
+  assert images.shape == (3, model.generator_resolution, model.generator_resolution,
+                          model.image_channels)
+  assert np.all(np.abs(images) <= 1.0)
