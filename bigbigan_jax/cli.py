@@ -1,5 +1,8 @@
-"""What every command-line entry point shares: config flags and one-line user errors."""
+"""What every command-line entry point shares: config flags, one-line user errors, and a quiet
+console (TensorFlow's native logging, which TFDS pulls in, is off unless --verbosity is given).
+"""
 
+import os
 import sys
 
 from absl import app
@@ -8,11 +11,17 @@ from ml_collections import config_flags
 
 from bigbigan_jax.errors import UserError
 
+# Before TensorFlow is first imported (by TFDS, through the input pipeline): its C++ INFO and
+# WARNING lines (oneDNN notices, absl::InitializeLog) would drown the progress lines.
+if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in sys.argv[1:]):
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 
 def define_config_flag():
-  """`--config=FILE[:ARG]` plus `--config.x=y` overrides (ml_collections)."""
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/base.py:variant=revnet.",
-                                  lock_config=True)
+  """`--config=FILE[:ARG]` plus `--config.x=y` overrides (ml_collections), listed in --help."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file and its argument, e.g. configs/base.py:variant=revnet; "
+      "--config.FIELD=VALUE overrides a field.", lock_config=True)
 
 
 def run(main):
@@ -60,5 +69,15 @@ def _parse_error(e):
           "check its spelling against the config file")
 
 
+def quiet_logging():
+  """Python-side logging at ERROR (TFDS's and orbax's notices) unless --verbosity is given."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)
+
+
 def config():
+  """The parsed --config, or a UserError when it is missing."""
+  if flags.FLAGS.config is None:
+    raise UserError("--config is required, e.g. --config=configs/mnist.py (see --help)")
   return flags.FLAGS.config

@@ -22,10 +22,8 @@ encoder) has no encoder metrics; they are listed under 'skipped'.
 """
 
 import json
-import os
 
 from absl import flags
-from absl import logging
 import jax
 
 from bigbigan_jax import cli
@@ -35,6 +33,7 @@ from bigbigan_jax import extract
 from bigbigan_jax import inception as inception_lib
 from bigbigan_jax import inference
 from bigbigan_jax import models
+from bigbigan_jax import paths
 from bigbigan_jax import sharding
 from bigbigan_jax.errors import UserError
 
@@ -92,8 +91,7 @@ def _check_flags(config, names):
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
+  cli.quiet_logging()
   if not FLAGS.workdir:
     raise UserError("--workdir is required: the training run to evaluate")
   if FLAGS.metrics is not None and not FLAGS.inception_weights:  # before the run is read
@@ -141,8 +139,7 @@ def main(argv):
             "train_examples": FLAGS.train_examples, **result}
   line = json.dumps(result)
   if jax.process_index() == 0:
-    with open(os.path.join(inference.workdir_of(FLAGS.workdir), "eval.jsonl"), "a") as f:
-      f.write(line + "\n")
+    paths.append_jsonl(inference.workdir_of(FLAGS.workdir) / "eval.jsonl", [result])
   print(line, flush=True)
 
 

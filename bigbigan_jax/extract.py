@@ -7,16 +7,17 @@ The .npz holds avepool_feat [N, D], bn_crelu_feat [N, 2D], z_mean [N, z_dim] and
 the split's fixed order (padding removed). The dataset defaults to the one the run trained on.
 """
 
+import io
 import math
 
 from absl import flags
-from absl import logging
 import jax
 import numpy as np
 
 from bigbigan_jax import cli
 from bigbigan_jax import inference
 from bigbigan_jax import input_pipeline
+from bigbigan_jax import paths
 from bigbigan_jax.errors import UserError
 from bigbigan_jax.evaluators import common
 
@@ -51,8 +52,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)
+  cli.quiet_logging()
   if not FLAGS.workdir or not FLAGS.out or not FLAGS.split:
     raise UserError("--workdir, --split and --out are required, e.g. --workdir=runs/mnist "
                     "--split=test --out=test.npz")
@@ -68,7 +68,9 @@ def main(argv):
   except UserError:
     raise UserError(f"split {FLAGS.split!r} is empty: pick another --split") from None
   if jax.process_index() == 0:
-    np.savez(FLAGS.out, **out)
+    buffer = io.BytesIO()
+    np.savez(buffer, **out)
+    paths.write_bytes(FLAGS.out, buffer.getvalue())
   shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
   print(f"Wrote {len(out['labels'])} examples of {data.dataset}:{FLAGS.split} at step "
         f"{model.step} to {FLAGS.out}: {shapes}", flush=True)

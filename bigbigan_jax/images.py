@@ -1,9 +1,11 @@
 """Image grids a person can look at: samples G(z) and reconstructions x over G(E(x))."""
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
+
+from bigbigan_jax import paths
 
 
 def to_uint8(images) -> np.ndarray:
@@ -39,10 +41,12 @@ def reconstruction_grid(real, reconstructed, columns: int = 8) -> np.ndarray:
   return grid(np.concatenate(rows), columns)
 
 
-def save_png(array: np.ndarray, path: str, scale: int = 1):
-  """Writes a uint8 grid as a PNG, optionally enlarged (nearest neighbour) for tiny images."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+def save_png(array: np.ndarray, path, scale: int = 1):
+  """Writes a uint8 grid as a PNG (a local or cloud path), optionally enlarged (nearest
+  neighbour) for tiny images."""
   image = Image.fromarray(array)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-  image.save(path)
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  paths.write_bytes(path, buffer.getvalue())

@@ -13,7 +13,6 @@ chunks of a fixed `batch_size` (the last one zero-padded) so that each function 
 
 import copy
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ from bigbigan_jax import checkpoint
 from bigbigan_jax import config_lib
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
+from bigbigan_jax import paths
 from bigbigan_jax import sharding
 from bigbigan_jax.errors import UserError
 
@@ -42,12 +42,12 @@ def _lists_to_tuples(value):
   return value
 
 
-def workdir_of(path: str) -> str:
-  """Accepts a training --workdir or its checkpoints/ directory; returns the workdir."""
-  path = path.rstrip("/")
-  nested = os.path.isdir(os.path.join(path, "checkpoints"))
-  if os.path.basename(path) == "checkpoints" and not nested:
-    return os.path.dirname(path) or "."
+def workdir_of(path):
+  """Accepts a training --workdir or its checkpoints/ directory (local or gs://); returns the
+  workdir as an epath.Path."""
+  path = paths.path(path)
+  if path.name == "checkpoints" and not (path / "checkpoints").is_dir():
+    return path.parent
   return path
 
 
@@ -369,14 +369,6 @@ class BigBiGAN:
       images = list(images)
     out = []
     for image in images:
-      image = np.asarray(image)
-      if image.ndim == 2:
-        image = image[:, :, None]
-      if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise UserError(f"cannot preprocess an image of shape {image.shape}: pass uint8 "
-                        "[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] images")
-      image = input_pipeline.match_channels(image[:, :, :3].astype(np.float32),
-                                            self.image_channels)
-      image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+      image = input_pipeline.to_channels(image, self.image_channels)
       out.append(input_pipeline.preprocess(image, self.image_size, "center", None))
     return np.stack(out)

@@ -14,7 +14,6 @@ global batches on 1 host or 64, and a restored iterator continues exactly where 
 import concurrent.futures
 import dataclasses
 import math
-import os
 from typing import Callable, Sequence
 
 from absl import logging
@@ -25,6 +24,7 @@ from PIL import ImageOps
 import tensorflow_datasets as tfds
 
 from bigbigan_jax import datasets as bigbigan_datasets
+from bigbigan_jax import paths as bigbigan_paths
 from bigbigan_jax.errors import UserError
 
 # The train_val hold-out is drawn with this fixed seed, never the training seed, so that model
@@ -88,6 +88,23 @@ def preprocess(image, image_size, augment, rng):
   if augment == "resnet" and rng.random() < 0.5:
     out = out[:, ::-1]
   return out.astype(np.float32) / 127.5 - 1.0
+
+
+def to_channels(image, channels):
+  """One uint8 image [H, W] or [H, W, C] (C in 1, 3, 4) -> uint8 [H, W, channels]: an alpha
+  channel is dropped, RGB becomes ITU-R 601 luma for a 1-channel model, gray is repeated for a
+  3-channel one. `channels=None` keeps the image's own (alpha still dropped)."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+    raise UserError(f"cannot use an image of shape {image.shape}: pass uint8 [H, W], [H, W, 1], "
+                    "[H, W, 3] or [H, W, 4] images")
+  image = image[:, :, :3]
+  if channels is None or image.shape[2] == channels:
+    return image
+  converted = match_channels(image.astype(np.float32), channels)
+  return np.clip(np.round(converted), 0, 255).astype(np.uint8)
 
 
 def match_channels(images, channels: int):
@@ -163,7 +180,7 @@ class _ImageLabel:
 def _is_readable(path):
   """Whether PIL can open and verify an image file (cheap: no full decode)."""
   try:
-    with Image.open(path) as image:
+    with path.open("rb") as f, Image.open(f) as image:
       image.verify()
     return True
   except Exception:  # pylint: disable=broad-except  PIL raises OSError, SyntaxError, ValueError...
@@ -180,18 +197,20 @@ class _FolderSource:
   def __init__(self, root, *, on_corrupt, scan_threads):
     if on_corrupt not in ("skip", "error"):
       raise UserError(f"unknown data.on_corrupt={on_corrupt!r}: use 'skip' or 'error'")
-    if not os.path.isdir(root):
+    root_path = bigbigan_paths.path(root)
+    if not root_path.is_dir():
       raise UserError(f"image folder {root!r} does not exist: fix the path in data.dataset")
-    paths = sorted(os.path.relpath(os.path.join(folder, f), root)
-                   for folder, _, files in os.walk(root, followlinks=True)
-                   for f in files if f.lower().endswith(_IMAGE_EXTENSIONS))
+    # Relative paths with '/' (local or cloud storage alike), sorted: the order defines the stream.
+    prefix = len(str(root_path).rstrip("/")) + 1
+    paths = sorted(str(p)[prefix:] for p in bigbigan_paths.files_under(root_path)
+                   if p.name.lower().endswith(_IMAGE_EXTENSIONS))
     if not paths:
       raise UserError(f"no image files ({', '.join(_IMAGE_EXTENSIONS)}) under {root!r}: add "
                       "images or fix the path in data.dataset")
     # Classes come from every image's folder, so a corrupt file never shifts the labels.
-    classes = sorted({p.split(os.sep)[0] for p in paths if os.sep in p})
+    classes = sorted({p.split("/")[0] for p in paths if "/" in p})
     with concurrent.futures.ThreadPoolExecutor(max(1, int(scan_threads))) as pool:
-      readable = list(pool.map(_is_readable, [os.path.join(root, p) for p in paths]))
+      readable = list(pool.map(_is_readable, [root_path / p for p in paths]))
     corrupt = [p for p, ok in zip(paths, readable) if not ok]
     if corrupt and on_corrupt == "error":
       raise UserError(f"{len(corrupt)} unreadable image file(s) under {root!r}, e.g. "
@@ -201,12 +220,12 @@ class _FolderSource:
                       root, corrupt[0])
     self.num_corrupt = len(corrupt)
     self.num_classes = len(classes) or None
-    self._root, self._on_corrupt = root, on_corrupt
+    self._root, self._on_corrupt = root_path, on_corrupt
     self._paths = [p for p, ok in zip(paths, readable) if ok]
     if not self._paths:
       raise UserError(f"every image file under {root!r} is unreadable: add valid images")
     class_index = {c: i for i, c in enumerate(classes)}
-    self._labels = [class_index[p.split(os.sep)[0]] if os.sep in p else 0 for p in self._paths]
+    self._labels = [class_index[p.split("/")[0]] if "/" in p else 0 for p in self._paths]
 
   def __len__(self):
     return len(self._paths)
@@ -216,17 +235,17 @@ class _FolderSource:
     # next file keeps the stream deterministic and the same on every process.
     for attempt in range(len(self._paths)):
       i = (index + attempt) % len(self._paths)
-      path = os.path.join(self._root, self._paths[i])
+      path = self._root / self._paths[i]
       try:
-        with Image.open(path) as image:
+        with path.open("rb") as f, Image.open(f) as image:
           rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         return {"image": rgb, "label": self._labels[i]}
       except Exception as e:  # pylint: disable=broad-except  Any decoder failure.
         if self._on_corrupt == "error":
-          raise UserError(f"cannot decode image {path!r} ({e}): remove it or set "
+          raise UserError(f"cannot decode image {str(path)!r} ({e}): remove it or set "
                           "data.on_corrupt='skip'") from e
         logging.warning("Cannot decode %s (%s); using the next image instead.", path, e)
-    raise UserError(f"no image under {self._root!r} can be decoded: add valid images")
+    raise UserError(f"no image under {str(self._root)!r} can be decoded: add valid images")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,11 +376,12 @@ def dataset_info(data_config):
   return _open(data_config).info
 
 
-def create_train_iterator(data_config, *, image_size, global_batch_size, seed,
+def create_train_iterator(data_config, *, image_size, global_batch_size, seed, channels=None,
                           process_index=None, process_count=None):
   """Returns this process's endless training iterator (a grain.DatasetIterator).
 
   Yields {'image': float32 [b, image_size, image_size, C] in [-1, 1], 'label': int32 [b]} with
+  C = `channels` (every image converted with `to_channels`; None: the dataset's own), and
   b = global_batch_size / process_count; labels are 0 for unlabelled datasets. The global batch
   does not depend on process_count (see the module docstring). `get_state()` returns a small
   JSON-serialisable dict (e.g. {'next_index': 1234}) that `set_state()` on an iterator built with
@@ -376,7 +396,8 @@ def create_train_iterator(data_config, *, image_size, global_batch_size, seed,
   shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
 
   def augment_example(example, rng):
-    return {"image": preprocess(example["image"], image_size, augment, rng),
+    image = to_channels(example["image"], channels)
+    return {"image": preprocess(image, image_size, augment, rng),
             "label": np.int32(example["label"])}
 
   # random_map seeds each element from (seed, index in the global stream): process-independent.
@@ -389,27 +410,29 @@ def create_train_iterator(data_config, *, image_size, global_batch_size, seed,
   return iter(batches)
 
 
-def eval_batches(data_config, split, *, image_size, batch_size, process_index=0,
+def eval_batches(data_config, split, *, image_size, batch_size, channels=None, process_index=0,
                  process_count=1):
   """Yields the whole of `split` once, in a fixed order, center-cropped, for evaluation.
 
   `split` is 'train_val', the train split (= train minus train_val) or any other split name.
   batch_size is global: global batch k holds examples [k*B, (k+1)*B), zero-padded at the end, and
   process p gets rows [p*b, (p+1)*b) as {'image': float32 [b, S, S, C], 'label': int32 [b],
-  'mask': bool [b]} (mask False on padding). Every process yields the same number of batches.
+  'mask': bool [b]} (mask False on padding), C = `channels` as in `create_train_iterator`. Every
+  process yields the same number of batches.
   """
   local_batch, process_index, process_count = _local_batch(
       batch_size, process_index, process_count)
   opened = _open(data_config)
   examples, count = _split_examples(opened, split)
-  shape = (image_size, image_size, opened.info.num_channels)
+  shape = (image_size, image_size, channels or opened.info.num_channels)
   padded = math.ceil(count / batch_size) * batch_size
 
   def load(index):
     if index >= count:
       return {"image": np.zeros(shape, np.float32), "label": np.int32(0), "mask": False}
     example = examples[index]
-    return {"image": preprocess(example["image"], image_size, "center", None),
+    return {"image": preprocess(to_channels(example["image"], channels), image_size, "center",
+                                None),
             "label": np.int32(example["label"]), "mask": True}
 
   rows = _ProcessRows(grain.MapDataset.range(padded).map(load), global_batch_size=batch_size,

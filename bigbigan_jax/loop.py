@@ -1,13 +1,14 @@
 """The training loop: input, resume, the jitted step, logging, image grids and checkpoints."""
 
 import json
-import os
 import signal
+import tempfile
 import time
 
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 import jax
 import numpy as np
 
@@ -20,6 +21,7 @@ from bigbigan_jax import images
 from bigbigan_jax import inference
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
+from bigbigan_jax import paths
 from bigbigan_jax import sharding
 from bigbigan_jax import trainers
 from bigbigan_jax import validation
@@ -57,7 +59,7 @@ class Previews:
     if networks.encoder is not None:
       batch = next(input_pipeline.eval_batches(
           config.data, config.data.eval_split, image_size=networks.image_size,
-          batch_size=num_real))
+          batch_size=num_real, channels=networks.image_channels))
       self.real = sharding.replicate(mesh, batch["image"])
     g, e = networks.generator, networks.encoder
 
@@ -75,7 +77,7 @@ class Previews:
     self.sample = jax.jit(sample, out_shardings=out)
     self.reconstruct = jax.jit(reconstruct, out_shardings=out) if e is not None else None
 
-  def write(self, step: int, state, writer, workdir: str):
+  def write(self, step: int, state, writer, workdir):
     grids = {"samples": images.grid(_fetch(self.sample(state, self.z)), 8)}
     if self.reconstruct is not None:
       recon = _fetch(self.reconstruct(state, self.real))
@@ -83,7 +85,7 @@ class Previews:
     if jax.process_index() == 0:
       small = grids["samples"].shape[0] < 400
       for name, grid in grids.items():
-        images.save_png(grid, os.path.join(workdir, "images", f"{name}_{step:07d}.png"),
+        images.save_png(grid, workdir / "images" / f"{name}_{step:07d}.png",
                         scale=2 if small else 1)
       writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
@@ -120,12 +122,11 @@ class BestCheckpoint:
   def __init__(self, config, workdir: str):
     self.metric = config.eval.best_metric or ""
     self.maximize = config.eval.best_mode == "max"
-    self.directory = os.path.join(workdir, "best")
-    self.record_path = os.path.join(self.directory, "best.json")
+    self.directory = workdir / "best"
+    self.record_path = self.directory / "best.json"
     self.record = None
-    if self.metric and os.path.exists(self.record_path):
-      with open(self.record_path) as f:
-        record = json.load(f)
+    if self.metric and self.record_path.exists():
+      record = json.loads(self.record_path.read_text())
       if record.get("metric") == self.metric:
         self.record = record
     if self.metric and jax.process_count() > 1:
@@ -153,9 +154,7 @@ class BestCheckpoint:
     self._checkpointer.wait()  # best.json never names a step that is not on disk
     self.record = {"step": step, "metric": self.metric, "value": value}
     if jax.process_index() == 0:
-      with open(self.record_path + ".tmp", "w") as f:
-        json.dump(self.record, f)
-      os.replace(self.record_path + ".tmp", self.record_path)
+      paths.write_text(self.record_path, json.dumps(self.record))
     print(f"New best {self.metric} = {value:.4f} at step {step}: saved to {self.directory}",
           flush=True)
 
@@ -178,30 +177,77 @@ def _check_finite(step: int, metrics, last_saved):
       f"saved from it and {where}; lower the learning rates or set config.skip_nonfinite=True")
 
 
-def _truncate_metrics(path: str, last_step: int):
+def _truncate_metrics(path, last_step: int):
   """On resume, drops metric lines logged after the checkpoint we resume from."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
-  with open(path, "w") as f:
-    f.writelines(lines)
+  if path.exists():
+    kept = [r for r in paths.read_jsonl(path) if r["step"] <= last_step]
+    paths.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def train_and_evaluate(config, workdir: str):
-  """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one."""
+class TensorBoard:
+  """The metric writer (console log, and TensorBoard on process 0). On a local disk the event
+  files go into the workdir; for cloud storage they are written to a local folder and `sync()`
+  copies them to the workdir, so that every cloud write goes through one path layer (epath)."""
+
+  def __init__(self, workdir, is_main: bool):
+    self.workdir, self.staging = workdir, None
+    logdir = workdir
+    if is_main and not paths.is_local(workdir):
+      self.staging = epath.Path(tempfile.mkdtemp(prefix="bigbigan_tensorboard_"))
+      logdir = self.staging
+    self.writer = metric_writers.create_default_writer(str(logdir), just_logging=not is_main)
+
+  def sync(self):
+    self.writer.flush()
+    if self.staging is not None:
+      for events in self.staging.iterdir():
+        paths.write_bytes(self.workdir / events.name, events.read_bytes())
+
+
+class JsonLines:
+  """A JSON-lines log (metrics.jsonl): appended at once on a local disk; in cloud storage, where
+  every write rewrites the object, at most every `cloud_every_s` seconds and at `flush()`, which
+  also syncs TensorBoard."""
+
+  def __init__(self, path, tensorboard, cloud_every_s: float = 30.0):
+    self.path, self.pending, self.last = path, [], time.monotonic()
+    self.tensorboard = tensorboard
+    self.every = 0.0 if paths.is_local(path) else cloud_every_s
+
+  def write(self, record: dict):
+    self.pending.append(record)
+    if time.monotonic() - self.last >= self.every:
+      self.flush()
+
+  def flush(self):
+    if self.pending:
+      paths.append_jsonl(self.path, self.pending)
+      self.pending, self.last = [], time.monotonic()
+    if self.every:
+      self.tensorboard.sync()
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` in `workdir` (a local or gs:// path), resuming from its newest checkpoint
+  if there is one."""
   preemption = PreemptionWatch()  # first: a SIGTERM during start-up also stops cleanly
   validation.validate(config, num_devices=jax.device_count())
   mesh, networks, optimizers, step_fn = trainers.setup(config)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  workdir = paths.path(workdir)
+  paths.check_reachable(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise errors.UserError(f"--workdir={workdir} is a file: pass a directory (it is created if "
+                           "missing)")
+  workdir.mkdir(parents=True, exist_ok=True)
+  tensorboard = TensorBoard(workdir, is_main)
+  writer = tensorboard.writer
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   train_iter = input_pipeline.create_train_iterator(
       config.data, image_size=networks.image_size, global_batch_size=config.batch_size,
-      seed=config.seed)
+      seed=config.seed, channels=networks.image_channels)
 
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  metrics_path = workdir / "metrics.jsonl"
   if ckpt.latest_step() is not None:
     abstract = checkpoint.with_shardings(common.abstract_state(networks, optimizers, config),
                                          sharding.replicated(mesh))
@@ -226,20 +272,25 @@ def train_and_evaluate(config, workdir: str):
     suite = evaluators.from_config(config)
     evaluation_model = inference.BigBiGAN(config, networks, mesh,
                                           batch_size=config.eval.batch_size)
-  eval_path = os.path.join(workdir, "eval.jsonl")
+  eval_path = workdir / "eval.jsonl"
   best = BestCheckpoint(config, workdir)
   d_steps = config.optim.d_steps
   timer = Timer(total, config.batch_size * d_steps, start)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_steps=config.log_every)
-  metrics_file = open(metrics_path, "a") if is_main else None
+  metrics_file = JsonLines(metrics_path, tensorboard) if is_main else None
   last_saved = start
   skip_nonfinite = config.skip_nonfinite
   losses = trainers.get_trainer(config.trainer).LOSSES
+  compile_start = time.perf_counter()
   for step in range(start + 1, total + 1):
     local = [next(train_iter)["image"] for _ in range(d_steps)]
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = step_fn(state, sharding.global_images(local, mesh))
+    first = step == start + 1
+    if first:  # compilation (or loading it from the cache): reported once, on this step's line
+      jax.block_until_ready(metrics)
+      compile_s = time.perf_counter() - compile_start
     if not skip_nonfinite:
       try:
         _check_finite(step, metrics, last_saved)
@@ -251,14 +302,18 @@ def train_and_evaluate(config, workdir: str):
     if step % config.log_every == 0 or step == total:
       values = {k: float(_fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
       values.update(timer.report(step))
+      if first:
+        values["compile_s"] = compile_s
       writer.write_scalars(step, values)
       if metrics_file:
-        metrics_file.write(json.dumps({"step": step, **values}) + "\n")
-        metrics_file.flush()
+        metrics_file.write({"step": step, **values})
         shown = " | ".join(f"{k} {values[k]:.4f}" for k in losses if k in values)
-        print(f"step {step}/{total} | {values['steps_per_s']:.2f} steps/s | "
-              f"{values['img_per_s']:.0f} img/s | ETA {values['eta_s'] / 60:.1f} min | {shown}",
-              flush=True)
+        speed = (f"compiled and ran in {compile_s:.1f} s" if first else
+                 f"{values['steps_per_s']:.2f} steps/s | {values['img_per_s']:.0f} img/s | "
+                 f"ETA {values['eta_s'] / 60:.1f} min")
+        print(f"step {step}/{total} | {speed} | {shown}", flush=True)
+    if first:  # steps/s and the ETA leave compilation out
+      timer = Timer(total, config.batch_size * d_steps, step)
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
     due = suite.due(step, total) if suite else ()
@@ -267,14 +322,15 @@ def train_and_evaluate(config, workdir: str):
       results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
       writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
       if is_main:
-        with open(eval_path, "a") as f:
-          weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
-          f.write(json.dumps({**results, "step": step, "weights": weights}) + "\n")
+        weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
+        paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights}])
       best.update(step, results, state, train_iter.get_state(), config)
     preempted = preemption.reached(step)
     if step % config.checkpoint_every == 0 or step == total or preempted:
       ckpt.save(step, state, train_iter.get_state(), config)
       last_saved = step
+      if metrics_file:
+        metrics_file.flush()
     if preempted:
       ckpt.wait()
       ckpt.close()
@@ -285,10 +341,9 @@ def train_and_evaluate(config, workdir: str):
   ckpt.wait()
   ckpt.close()
   best.close()
-  writer.flush()
+  tensorboard.sync()
   if metrics_file:
-    metrics_file.close()
+    metrics_file.flush()
   if is_main:  # lets sweeps tell finished runs from interrupted ones
-    with open(os.path.join(workdir, "DONE"), "w") as f:
-      json.dump({"step": total}, f)
+    paths.write_text(workdir / "DONE", json.dumps({"step": total}))
   return state

@@ -1,10 +1,11 @@
 """Trains BigBiGAN.
 
   python -m bigbigan_jax.main --config=configs/mnist.py --workdir=runs/mnist
-  python -m bigbigan_jax.main --config=configs/base.py:variant=revnet --workdir=gs://... \
-      --distributed          # on every worker of a TPU VM pod slice, or under SLURM
+  python -m bigbigan_jax.main --config=configs/base.py:variant=revnet --workdir=gs://B/run
+      --distributed   (the same command on every worker of a TPU VM pod slice, or under SLURM)
 
-Rerunning the same command resumes from the newest checkpoint in --workdir.
+Rerunning the same command resumes from the newest checkpoint in --workdir. Compiled programs
+are cached in --compilation_cache_dir, so a restart skips compilation.
 """
 
 import os
@@ -16,6 +17,8 @@ from absl import logging
 from bigbigan_jax import cli
 
 FLAGS = flags.FLAGS
+DEFAULT_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+    os.path.expanduser("~"), ".cache", "bigbigan_jax", "jax_compilation_cache")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() with auto-detection (TPU VMs, SLURM, ...).")
@@ -25,7 +28,12 @@ flags.DEFINE_integer("process_id", None, "This process's index (explicit cluster
 flags.DEFINE_integer("heartbeat_timeout_s", 100,
                      "A process that misses heartbeats this long is declared dead and JAX's "
                      "coordination service stops the others.")
+flags.DEFINE_string("compilation_cache_dir", DEFAULT_CACHE,
+                    "JAX's persistent compilation cache: a restart (after preemption, say) loads "
+                    "the compiled step instead of compiling it again. A local folder or a "
+                    "bucket path all workers share; '' turns it off.")
 cli.define_config_flag()
+flags.adopt_module_key_flags(cli)  # --config in --help
 
 # Words in the error of a collective (gloo, NCCL) or of the coordination service when another
 # process of the run died (its connections close) or stopped answering (missed heartbeats).
@@ -54,7 +62,8 @@ def _exit_lost_process(error, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   from bigbigan_jax import checkpoint  # pylint: disable=g-import-not-at-top
   directory = checkpoint.checkpoint_dir(workdir)
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  steps = ([int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+           if directory.is_dir() else [])
   resume = f"step {max(steps)}" if steps else "step 0 (no checkpoint yet)"
   cause = " ".join(str(error).split())[:300]
   print(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with another "
@@ -67,18 +76,20 @@ def _exit_lost_process(error, workdir):
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:  # keep the console to our progress lines unless asked
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logging()  # keep the console to the progress lines unless asked
   from bigbigan_jax import errors  # pylint: disable=g-import-not-at-top
+  config = cli.config()
   if not FLAGS.workdir:
     raise errors.UserError("--workdir is required: the directory for checkpoints and logs")
   initialize_distributed()
   from bigbigan_jax import loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache_dir)
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   try:
-    loop.train_and_evaluate(cli.config(), FLAGS.workdir)
+    loop.train_and_evaluate(config, FLAGS.workdir)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() > 1 and any(w in str(e).lower() for w in _LOST_PROCESS_SIGNS):
       _exit_lost_process(e, FLAGS.workdir)

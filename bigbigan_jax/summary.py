@@ -8,6 +8,8 @@ paper-size models are sized in seconds on a CPU.
 
 import json
 
+from absl import flags
+
 import jax
 import jax.numpy as jnp
 
@@ -63,4 +65,5 @@ def main(argv):
 
 if __name__ == "__main__":
   cli.define_config_flag()
+  flags.adopt_module_key_flags(cli)  # --config in --help
   cli.run(main)

@@ -22,6 +22,7 @@ CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE,
 def apply_to(environ) -> None:
   """Sets the test defaults in `environ` (what the user set stays): CPU, the flags, the cache."""
   environ.setdefault("JAX_PLATFORMS", "cpu")
+  environ.setdefault("EPATH_USE_TF", "false")  # as bigbigan_jax sets it, before epath is used
   environ.setdefault("XLA_FLAGS", XLA_TEST_FLAGS)
   for key, value in CACHE_ENV.items():
     environ.setdefault(key, value)

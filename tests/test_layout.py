@@ -63,7 +63,8 @@ def test_dependencies_point_one_way():
   assert not {t for t in graph["bigbigan_jax.trainers.common"] if t.startswith(
       "bigbigan_jax.trainers.")}
   allowed = {"bigbigan_jax.models", "bigbigan_jax.checkpoint", "bigbigan_jax.sharding",
-             "bigbigan_jax.config_lib", "bigbigan_jax.input_pipeline", "bigbigan_jax.errors"}
+             "bigbigan_jax.config_lib", "bigbigan_jax.input_pipeline", "bigbigan_jax.errors",
+             "bigbigan_jax.paths"}
   assert graph["bigbigan_jax.inference"] <= allowed, graph["bigbigan_jax.inference"]
 
 

@@ -42,8 +42,8 @@ def split_batches(model, data_config, split, *, limit=None):
   # A mesh of this process's devices encodes everything here; a global one shares the work.
   index, processes = (jax.process_index(), jax.process_count()) if model.multihost else (0, 1)
   batches = input_pipeline.eval_batches(data_config, split, image_size=model.image_size,
-                                        batch_size=b, process_index=index,
-                                        process_count=processes)
+                                        batch_size=b, channels=model.image_channels,
+                                        process_index=index, process_count=processes)
   num_batches = None if limit is None else math.ceil(limit / b)
   local = b // processes
   for k, batch in enumerate(batches):
@@ -51,8 +51,7 @@ def split_batches(model, data_config, split, *, limit=None):
       break
     rows = k * b + index * local + np.arange(local)
     mask = batch["mask"] if limit is None else batch["mask"] & (rows < limit)
-    yield {"image": input_pipeline.match_channels(batch["image"], model.image_channels),
-           "label": batch["label"], "mask": mask}
+    yield {"image": batch["image"], "label": batch["label"], "mask": mask}
 
 
 def extract_features(model, batches, *, features=None, extras=()) -> dict:

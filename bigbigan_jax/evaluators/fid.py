@@ -10,8 +10,8 @@ cached in `reference_dir` as fid_reference_<dataset>_<split>_<resolution>.npz.
 """
 
 import copy
+import io
 import json
-import os
 import re
 
 from absl import logging
@@ -21,6 +21,7 @@ import numpy as np
 
 from bigbigan_jax import inception as inception_lib
 from bigbigan_jax import metrics as metrics_lib
+from bigbigan_jax import paths
 from bigbigan_jax.errors import UserError
 from bigbigan_jax.evaluators import common
 
@@ -130,9 +131,9 @@ class _InceptionEvaluator(common.Evaluator):
     # part in the same computations, and a file that only some hosts see would break that.
     if self.reference_dir and not model.multihost:
       name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.config.dataset}_{split}").strip("_")
-      path = os.path.join(self.reference_dir, f"fid_reference_{name}_{resolution}.npz")
-      if os.path.exists(path):
-        with np.load(path) as cached:
+      path = paths.path(self.reference_dir) / f"fid_reference_{name}_{resolution}.npz"
+      if path.exists():
+        with np.load(io.BytesIO(path.read_bytes())) as cached:
           if str(cached["key"]) == key:
             self._reference = (key, cached["mu"], cached["sigma"])
             return self._reference[1:]
@@ -155,9 +156,9 @@ class _InceptionEvaluator(common.Evaluator):
       moments.add(pool[model.gather(batch["mask"])])
     mu, sigma = moments.statistics()
     if path is not None and jax.process_index() == 0:
-      tmp = path + ".tmp.npz"
-      np.savez(tmp, mu=mu, sigma=sigma, key=np.asarray(key), num_examples=moments.n)
-      os.replace(tmp, path)
+      buffer = io.BytesIO()
+      np.savez(buffer, mu=mu, sigma=sigma, key=np.asarray(key), num_examples=moments.n)
+      paths.write_bytes(path, buffer.getvalue())
     self._reference = (key, mu, sigma)
     return mu, sigma
 
