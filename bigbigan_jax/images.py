@@ -1,4 +1,5 @@
-"""Image grids a person can look at: samples G(z) and reconstructions x over G(E(x))."""
+"""Image conversions, and grids a person can look at: samples G(z) and reconstructions x over
+G(E(x))."""
 
 import io
 
@@ -8,12 +9,14 @@ from PIL import Image
 from bigbigan_jax import paths
 
 
+def to_float(images):
+  """uint8 images -> float32 in [-1, 1] (NumPy, or JAX on the device: the same arithmetic)."""
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
 def to_uint8(images) -> np.ndarray:
   """[-1, 1] floats (N, H, W, C) -> uint8 RGB (N, H, W, 3)."""
   images = np.asarray(images, np.float32)
-  if images.ndim == 2:  # flat MNIST vectors from the BiGAN MLP models, in [0, 1]
-    side = int(round(np.sqrt(images.shape[1])))
-    images = images.reshape(-1, side, side, 1) * 2 - 1
   images = np.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
   if images.shape[-1] == 1:
     images = np.repeat(images, 3, axis=-1)

@@ -24,6 +24,7 @@ from PIL import ImageOps
 import tensorflow_datasets as tfds
 
 from bigbigan_jax import datasets as bigbigan_datasets
+from bigbigan_jax import images as images_lib
 from bigbigan_jax import paths as bigbigan_paths
 from bigbigan_jax.errors import UserError
 
@@ -66,8 +67,9 @@ def _check_augment(augment):
     raise UserError(f"unknown data.augment={augment!r}: use one of {list(_AUGMENTS)}")
 
 
-def preprocess(image, image_size, augment, rng):
-  """Crops, bicubic-resizes and scales one uint8 HWC image to float32 [S, S, C] in [-1, 1].
+def preprocess(image, image_size, augment, rng, as_uint8=False):
+  """Crops, bicubic-resizes and scales one uint8 HWC image to float32 [S, S, C] in [-1, 1]
+  (`as_uint8`: the resized uint8 image, for `images_lib.to_float` on the device).
 
   augment: 'resnet' (random-resized crop, area [0.08, 1], aspect [3/4, 4/3] log-uniform, random
   horizontal flip), 'light' (random square crop covering 50-100% of the largest square's area,
@@ -87,7 +89,7 @@ def preprocess(image, image_size, augment, rng):
                     for c in range(crop.shape[2])], axis=-1)
   if augment == "resnet" and rng.random() < 0.5:
     out = out[:, ::-1]
-  return out.astype(np.float32) / 127.5 - 1.0
+  return out if as_uint8 else images_lib.to_float(out)
 
 
 def to_channels(image, channels):
@@ -139,15 +141,16 @@ class _TfdsSource:
                       "TFDS name or 'folder:/path', or data.data_dir to where it is prepared") from e
     if not builder.is_prepared():
       flag = f" --data_dir={data_dir}" if data_dir else ""
-      raise UserError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: run `tfds "
-                      f"build {name} --file_format=array_record{flag}` or set data.data_dir to "
-                      "where it is prepared")
+      raise UserError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: run `python "
+                      f"-m bigbigan_jax.prepare_data --dataset={name}{flag}` (with --manual_dir "
+                      "for imagenet2012) or set data.data_dir to where it is prepared")
     formats = builder.info.available_file_formats()
     if not formats & set(tfds.core.FileFormat.with_random_access()):
       raise UserError(
           f"TFDS dataset {name!r} is prepared only as {sorted(f.value for f in formats)} (no "
           f"random access): run `tfds convert_format --dataset_version_dir={builder.data_dir} "
-          f"--out_file_format=array_record` or `tfds build {name} --file_format=array_record`")
+          f"--out_file_format=array_record` or `python -m bigbigan_jax.prepare_data "
+          f"--dataset={name}` into another data_dir")
     features = builder.info.features
     if "image" not in features:
       raise UserError(f"TFDS dataset {name!r} has no 'image' feature: use an image dataset")
@@ -377,11 +380,13 @@ def dataset_info(data_config):
 
 
 def create_train_iterator(data_config, *, image_size, global_batch_size, seed, channels=None,
-                          process_index=None, process_count=None):
+                          as_uint8=False, process_index=None, process_count=None):
   """Returns this process's endless training iterator (a grain.DatasetIterator).
 
   Yields {'image': float32 [b, image_size, image_size, C] in [-1, 1], 'label': int32 [b]} with
-  C = `channels` (every image converted with `to_channels`; None: the dataset's own), and
+  C = `channels` (every image converted with `to_channels`; None: the dataset's own), or uint8
+  images in [0, 255] with `as_uint8` (a quarter of the bytes to send; converted on the
+  device), and
   b = global_batch_size / process_count; labels are 0 for unlabelled datasets. The global batch
   does not depend on process_count (see the module docstring). `get_state()` returns a small
   JSON-serialisable dict (e.g. {'next_index': 1234}) that `set_state()` on an iterator built with
@@ -397,7 +402,7 @@ def create_train_iterator(data_config, *, image_size, global_batch_size, seed, c
 
   def augment_example(example, rng):
     image = to_channels(example["image"], channels)
-    return {"image": preprocess(image, image_size, augment, rng),
+    return {"image": preprocess(image, image_size, augment, rng, as_uint8),
             "label": np.int32(example["label"])}
 
   # random_map seeds each element from (seed, index in the global stream): process-independent.

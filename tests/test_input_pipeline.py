@@ -301,7 +301,7 @@ def test_unknown_dataset(tmp_path):
 def test_unprepared_dataset_says_how_to_build(tmp_path):
   _assert_one_line_error(
       lambda: input_pipeline.dataset_info(_config(str(tmp_path), dataset="mnist")),
-      "not prepared", "tfds build mnist --file_format=array_record")
+      "not prepared", "python -m bigbigan_jax.prepare_data --dataset=mnist")
 
 
 @pytest.mark.slow
