@@ -30,6 +30,7 @@ import numpy as np
 from bigbigan_jax import checkpoint
 from bigbigan_jax import cli
 from bigbigan_jax import errors
+from bigbigan_jax import images as images_lib
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
 from bigbigan_jax import sharding
@@ -163,7 +164,8 @@ def benchmark_step(config) -> dict:
   d_steps, batch = config.optim.d_steps, config.batch_size
   state_shape = checkpoint.with_shardings(common.abstract_state(networks, optimizers, config),
                                           sharding.replicated(mesh))
-  images_shape = jax.ShapeDtypeStruct((d_steps, batch, res, res, c), jnp.float32,
+  # uint8 images, converted on the device: what the training loop sends.
+  images_shape = jax.ShapeDtypeStruct((d_steps, batch, res, res, c), jnp.uint8,
                                       sharding=sharding.batch_sharding(mesh))
   start = time.perf_counter()
   compiled = step_fn.lower(state_shape, images_shape).compile()
@@ -174,7 +176,7 @@ def benchmark_step(config) -> dict:
 
   state = common.fresh_state(networks, optimizers, config, mesh)
   images = sharding.global_images([np.zeros((batch // jax.process_count(), res, res, c),
-                                         np.float32)] * d_steps, mesh)
+                                            np.uint8)] * d_steps, mesh)
   for _ in range(2):  # warm-up
     state, metrics = compiled(state, images)
   jax.block_until_ready(metrics)
@@ -188,7 +190,7 @@ def benchmark_step(config) -> dict:
   parts = trainers.get_trainer(config.trainer).make_step(networks, optimizers, config, mesh)
   key = jax.random.key(0)
   rep = sharding.replicated(mesh)
-  x = networks.to_model_space(images[0])  # what the halves consume
+  x = networks.to_model_space(images_lib.to_float(images[0]))  # what the halves consume
   for name in ("d_update", "eg_update"):
     if getattr(parts, name) is None:  # a step without the two halves (BiGAN's baselines)
       continue

@@ -245,7 +245,7 @@ def train_and_evaluate(config, workdir):
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   train_iter = input_pipeline.create_train_iterator(
       config.data, image_size=networks.image_size, global_batch_size=config.batch_size,
-      seed=config.seed, channels=networks.image_channels)
+      seed=config.seed, channels=networks.image_channels, as_uint8=True)
 
   metrics_path = workdir / "metrics.jsonl"
   if ckpt.latest_step() is not None:
@@ -282,22 +282,40 @@ def train_and_evaluate(config, workdir):
   last_saved = start
   skip_nonfinite = config.skip_nonfinite
   losses = trainers.get_trainer(config.trainer).LOSSES
+  # The divergence guard reads the finiteness flags of a step one step late, while the device
+  # runs the next one (no host sync per step), and at once before anything reads or saves the
+  # state (log lines, image grids, evaluations, checkpoints): nothing non-finite is ever saved.
+  unchecked = None  # (step, metrics) whose flags are not read yet
+
+  def guard():
+    nonlocal unchecked
+    if unchecked is None or skip_nonfinite:
+      unchecked = None
+      return
+    checked, unchecked = unchecked, None
+    try:
+      _check_finite(*checked, last_saved)
+    except errors.TrainingDiverged:
+      ckpt.wait()  # let pending (good) saves finish; the bad state is never saved
+      ckpt.close()
+      raise
+
   compile_start = time.perf_counter()
   for step in range(start + 1, total + 1):
     local = [next(train_iter)["image"] for _ in range(d_steps)]
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = step_fn(state, sharding.global_images(local, mesh))
+    guard()  # the previous step's flags
+    unchecked = (step, metrics)
     first = step == start + 1
     if first:  # compilation (or loading it from the cache): reported once, on this step's line
       jax.block_until_ready(metrics)
       compile_s = time.perf_counter() - compile_start
-    if not skip_nonfinite:
-      try:
-        _check_finite(step, metrics, last_saved)
-      except errors.TrainingDiverged:
-        ckpt.wait()  # let pending (good) saves finish; the bad state is never saved
-        ckpt.close()
-        raise
+    preempted = preemption.reached(step)
+    due = suite.due(step, total) if suite else ()
+    if (step % config.log_every == 0 or step % config.image_every == 0 or due or preempted
+        or step % config.checkpoint_every == 0 or step == total):
+      guard()
     report(step)
     if step % config.log_every == 0 or step == total:
       values = {k: float(_fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
@@ -316,7 +334,6 @@ def train_and_evaluate(config, workdir):
       timer = Timer(total, config.batch_size * d_steps, step)
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
-    due = suite.due(step, total) if suite else ()
     if due:
       results = suite(evaluation_model.with_state(state, use_ema=True), due)
       results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
@@ -325,7 +342,6 @@ def train_and_evaluate(config, workdir):
         weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
         paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights}])
       best.update(step, results, state, train_iter.get_state(), config)
-    preempted = preemption.reached(step)
     if step % config.checkpoint_every == 0 or step == total or preempted:
       ckpt.save(step, state, train_iter.get_state(), config)
       last_saved = step

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bigbigan_jax import images as images_lib
 from bigbigan_jax import models
 from bigbigan_jax import sharding
 
@@ -148,8 +149,15 @@ def finish_step(config, old_state, state, metrics):
 
 
 def compile_step(step, mesh):
-  """The jitted step: state replicated and donated, images sharded along the batch."""
-  return jax.jit(step,
+  """The jitted step: state replicated and donated, images sharded along the batch. Images may
+  come as uint8 (what the training loop sends): they are converted to [-1, 1] on the device."""
+
+  def step_on_device_images(state, images):
+    if images.dtype == jnp.uint8:
+      images = images_lib.to_float(images)
+    return step(state, images)
+
+  return jax.jit(step_on_device_images,
                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                  out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
                  donate_argnums=0)
