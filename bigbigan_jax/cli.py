@@ -12,9 +12,11 @@ from ml_collections import config_flags
 from bigbigan_jax.errors import UserError
 
 # Before TensorFlow is first imported (by TFDS, through the input pipeline): its C++ INFO and
-# WARNING lines (oneDNN notices, absl::InitializeLog) would drown the progress lines.
+# WARNING lines (oneDNN notices, absl::InitializeLog) would drown the progress lines. TensorFlow
+# only decodes images here, which oneDNN does not touch.
 if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in sys.argv[1:]):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def define_config_flag():
