@@ -76,6 +76,8 @@ class Checkpointer:
       step: a specific step, or None for the newest readable one.
     """
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if steps:
+      self._check_matches(abstract_state, steps[0])
     errors = []
     for s in steps:
       try:
@@ -94,6 +96,30 @@ class Checkpointer:
     raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
                     "move the broken step directories away or start a new --workdir")
 
+  def _state_metadata(self, step):
+    meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
+    return meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+
+  def _check_matches(self, abstract_state, step):
+    """Raises a UserError if the parameters saved at `step` are not those of `abstract_state`
+    (the run's config changed the architecture); a checkpoint whose metadata cannot be read is
+    left to `restore`'s fallback."""
+    try:
+      saved = self._state_metadata(step)["params"]
+    except Exception:  # pylint: disable=broad-except  unreadable: restore() deals with it
+      return
+    flat = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want, have = flat(abstract_state["params"]), flat(saved)
+    for name in sorted(set(want) | set(have)):
+      if want.get(name) != have.get(name):
+        shapes = (f"{have.get(name, 'absent')} in the checkpoint, "
+                  f"{want.get(name, 'absent')} in this config")
+        raise UserError(
+            f"the checkpoint at step {step} in {self.directory} was trained with another "
+            f"architecture: parameter {name} is {shapes}; use the config the run was started "
+            "with, or a new --workdir")
+
   def restore_weights(self, sharding, step=None):
     """(weights, step) for inference: the state's `step`, `params`, `stats` and `ema` (no
     optimizer state), placed with `sharding`. Their shapes are read from the checkpoint, so no
@@ -102,8 +128,7 @@ class Checkpointer:
     errors = []
     for s in steps:
       try:
-        meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(s) / "state")
-        tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+        tree = self._state_metadata(s)
         wanted = {k: tree[k] for k in ("step", "params", "stats", "ema")}
         abstract = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted)

@@ -24,7 +24,11 @@ def parse_arg(arg, **defaults):
     elif isinstance(default, bool):
       value = value.lower() in ("1", "true", "yes")
     elif isinstance(default, int):
-      value = int(value)
+      try:
+        value = int(value)
+      except ValueError:
+        raise UserError(f"config argument {key}={value!r} is not an integer; e.g. "
+                        f"--config=configs/base.py:{key}=1") from None
     out[key] = value
   return out
 

@@ -1,8 +1,10 @@
 """The training loop: input, resume, the jitted step, logging, image grids and checkpoints."""
 
 import json
+import os
 import signal
 import tempfile
+import threading
 import time
 
 from absl import logging
@@ -99,12 +101,28 @@ class PreemptionWatch:
 
   def __init__(self):
     self.requested = False
+    self.first_step_done = False
     if jax.process_count() == 1:
       signal.signal(signal.SIGTERM, self._handle)
+      # Python runs a signal handler only between bytecodes, so not during a long compilation;
+      # the wakeup fd is written at once, and a thread reading it ends a run that has nothing to
+      # save yet (no step done) without waiting for the compiler.
+      read_fd, write_fd = os.pipe()
+      os.set_blocking(write_fd, False)
+      signal.set_wakeup_fd(write_fd)
+      threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def _watch(self, read_fd):
+    while True:
+      received = os.read(read_fd, 1)
+      if received and received[0] == signal.SIGTERM and not self.first_step_done:
+        print("Preempted (SIGTERM) before the first step: nothing to save yet; rerun the same "
+              "command to start.", flush=True)
+        os._exit(0)  # pylint: disable=protected-access
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -239,7 +257,15 @@ def train_and_evaluate(config, workdir):
   if workdir.exists() and not workdir.is_dir():
     raise errors.UserError(f"--workdir={workdir} is a file: pass a directory (it is created if "
                            "missing)")
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_main:  # fail now, not at the first save, where the run cannot write
+      probe = workdir / ".write_check"
+      probe.write_text("")
+      probe.unlink()
+  except OSError as e:
+    raise errors.UserError(f"cannot write to --workdir={workdir} ({type(e).__name__}: "
+                           f"{e.strerror or e}): pass a directory you can write to") from None
   tensorboard = TensorBoard(workdir, is_main)
   writer = tensorboard.writer
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
@@ -311,6 +337,7 @@ def train_and_evaluate(config, workdir):
     if first:  # compilation (or loading it from the cache): reported once, on this step's line
       jax.block_until_ready(metrics)
       compile_s = time.perf_counter() - compile_start
+      preemption.first_step_done = True
     preempted = preemption.reached(step)
     due = suite.due(step, total) if suite else ()
     if (step % config.log_every == 0 or step % config.image_every == 0 or due or preempted

@@ -4,6 +4,8 @@ Runs before anything is compiled or any checkpoint is touched. The checks common
 trainer are here; each trainer adds its own (`trainers.<name>.validate`).
 """
 
+import math
+
 from bigbigan_jax import trainers
 from bigbigan_jax.errors import check, check_choice
 
@@ -17,6 +19,17 @@ def _check_positive(config, field):
   check(node > 0, f"config.{field}={node} must be > 0; set --config.{field} to a positive value")
 
 
+def _check_finite_floats(node, prefix=""):
+  """No float field may be inf or nan (a learning rate, a decay, a loss weight...)."""
+  for key, value in node.items():
+    field = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      _check_finite_floats(value, field + ".")
+    elif isinstance(value, float):
+      check(math.isfinite(value), f"config.{field}={value} is not a finite number; set "
+            f"--config.{field} to a finite value")
+
+
 def validate(config, num_devices: int | None = None):
   """Raises UserError on the first invalid field of `config`.
 
@@ -25,6 +38,7 @@ def validate(config, num_devices: int | None = None):
     num_devices: if given, the global batch must divide evenly over this many devices.
   """
   trainer = trainers.get_trainer(config.trainer)
+  _check_finite_floats(config)
   for field in ("total_steps", "batch_size", "optim.d_lr", "optim.g_lr", "optim.e_lr_mult",
                 "optim.d_steps", "log_every", "checkpoint_every"):
     _check_positive(config, field)

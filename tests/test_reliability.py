@@ -14,7 +14,7 @@ import pytest
 from bigbigan_jax import validation
 from bigbigan_jax.config_lib import load_sibling_config
 from bigbigan_jax.errors import UserError
-from cli_helpers import REPO, env_for, main_command, metrics, run_main, state_arrays
+from cli_helpers import CONFIG, REPO, env_for, main_command, metrics, run_main, state_arrays
 
 base = load_sibling_config(os.path.join(REPO, "configs", "base.py"), "base")
 
@@ -62,6 +62,9 @@ def _cli(args, devices=1):
     ["bigbigan_jax.summary", "--config=configs/base.py", "--config.model.z_dim=121"],
     ["bigbigan_jax.summary", "--config=configs/base.py", "--config.eval.no_such_field=1"],
     ["bigbigan_jax.summary", "--config=configs/no_such_file.py"],
+    ["bigbigan_jax.summary", "--config=configs/base.py:seed=abc"],
+    ["bigbigan_jax.summary", "--config=configs/base.py", "--config.optim.d_lr=inf"],
+    ["bigbigan_jax.main", "--workdir=/tmp/x"],  # no --config
 ])
 @pytest.mark.slow
 def test_cli_bad_config_is_one_line_exit_2(args):
@@ -69,6 +72,40 @@ def test_cli_bad_config_is_one_line_exit_2(args):
   assert result.returncode == 2, result.stderr[-2000:]
   lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "Traceback" not in result.stderr
+
+
+def test_non_finite_float_fields_are_rejected():
+  for field, value in (("optim.d_lr", float("inf")), ("ema.decay", float("nan")),
+                       ("optim.weight_decay", float("-inf"))):
+    config = base.get_config()
+    parent, _, leaf = field.rpartition(".")
+    config[parent][leaf] = value
+    with pytest.raises(UserError, match=f"config.{field}=.* is not a finite number"):
+      validation.validate(config)
+
+
+@pytest.mark.slow
+def test_unusable_workdirs_and_a_changed_architecture_are_one_line(tmp_path, mnist_data_dir,
+                                                                   straight_run):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  copy = tmp_path / "copy"
+  shutil.copytree(straight_run, copy)
+  os.remove(copy / "DONE")
+  cases = [((f"--workdir={a_file}",), "is a file"),
+           ((f"--workdir={a_file}/run",), "cannot write to --workdir"),
+           ((f"--workdir={copy}", "--config.model.generator.ch=8", "--config.total_steps=6"),
+            "was trained with another architecture: parameter")]
+  for flags, message in cases:
+    command = [sys.executable, "-m", "bigbigan_jax.main", f"--config={CONFIG}",
+               f"--config.data.data_dir={mnist_data_dir}", *flags]
+    result = subprocess.run(command, env=env_for(1), cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+  # The healthy checkpoints of the run with the other architecture are where they were.
+  assert sorted(os.listdir(copy / "checkpoints")) == ["2", "4"]
+  assert not os.path.exists(copy / "checkpoints_unreadable")
 
 
 @pytest.mark.slow
@@ -118,7 +155,7 @@ def test_skip_nonfinite_counts_instead_of_stopping(tmp_path, mnist_data_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_resumes_to_the_straight_result(tmp_path, mnist_data_dir,
+def test_sigterm_during_start_up_exits_at_once_and_the_rerun_trains(tmp_path, mnist_data_dir,
                                                                  straight_run):
   workdir = str(tmp_path)
   proc = subprocess.Popen(main_command(workdir, mnist_data_dir), env=env_for(1), cwd=REPO,
@@ -126,14 +163,39 @@ def test_sigterm_checkpoints_and_resumes_to_the_straight_result(tmp_path, mnist_
   deadline = time.time() + 120
   while not os.path.isdir(workdir + "/checkpoints") and time.time() < deadline:
     time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)  # during start-up/compilation: the first step is the last
+  proc.send_signal(signal.SIGTERM)  # during start-up/compilation: nothing to save yet
+  sent = time.time()
   out, err = proc.communicate(timeout=300)
+  took = time.time() - sent
   assert proc.returncode == 0, err[-2000:]
-  assert "Preempted (SIGTERM): saved the checkpoint at step 1" in out
-  run_main(workdir, mnist_data_dir)  # the same command resumes to total_steps
+  assert "Preempted (SIGTERM) before the first step: nothing to save yet" in out, out
+  assert took < 10, took  # not after a whole compilation
+  assert not os.listdir(workdir + "/checkpoints")
+  run_main(workdir, mnist_data_dir)  # the same command trains to total_steps
   resumed, straight = state_arrays(workdir, 4), state_arrays(straight_run, 4)
   for key in straight:
     np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_checkpoints_the_step_and_the_rerun_resumes(tmp_path,
+                                                                           mnist_data_dir):
+  workdir = str(tmp_path)
+  long_run = ("--config.total_steps=100000", "--config.log_every=1")
+  proc = subprocess.Popen(main_command(workdir, mnist_data_dir, *long_run), env=env_for(1),
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (os.path.exists(workdir + "/metrics.jsonl") and metrics(workdir)):
+    assert proc.poll() is None and time.time() < deadline, "the run never logged a step"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  saved = int(out.split("saved the checkpoint at step ")[1].split(";")[0])
+  assert saved >= 1 and os.path.isdir(f"{workdir}/checkpoints/{saved}"), out
+  result = run_main(workdir, mnist_data_dir, f"--config.total_steps={saved + 1}")
+  assert f"Resumed from the checkpoint at step {saved}" in result.stdout
+  assert [l["step"] for l in metrics(workdir)][-1] == saved + 1
 
 
 @pytest.mark.slow
