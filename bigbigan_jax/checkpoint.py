@@ -8,6 +8,8 @@ such a leftover temporary directory moves it to `checkpoints_unreadable/`, says 
 from the newest complete step (tested in tests/test_reliability.py).
 """
 
+import collections
+import hashlib
 import json
 import re
 import time
@@ -21,8 +23,40 @@ import orbax.checkpoint as ocp
 from bigbigan_jax import paths
 from bigbigan_jax.errors import UserError
 
+# Written into a step's directory once orbax has written its items: the SHA-256 of every file
+# but orbax's own bookkeeping, which it updates afterwards.
+CHECKSUMS = "checksums.json"
+_UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")
 # orbax's name for a step that is still being written (or whose save was interrupted).
 _INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+def file_digests(step_dir) -> dict:
+  """{path relative to `step_dir`: SHA-256} of every file of a saved step (but _UNCHECKED)."""
+  step_dir = paths.path(step_dir)
+  prefix = len(str(step_dir).rstrip("/")) + 1
+  out = {}
+  for f in sorted(paths.files_under(step_dir), key=str):
+    if f.name in _UNCHECKED:
+      continue
+    digest = hashlib.sha256()
+    with f.open("rb") as stream:
+      for chunk in iter(lambda: stream.read(1 << 22), b""):
+        digest.update(chunk)
+    out[str(f)[prefix:]] = digest.hexdigest()
+  return out
+
+
+def verify(step_dir) -> list:
+  """The files of a saved step whose bytes differ from its CHECKSUMS ([] if all match; a step
+  saved without checksums, by an older version, is not checked)."""
+  record = paths.path(step_dir) / CHECKSUMS
+  if not record.exists():
+    return []
+  expected = json.loads(record.read_text())["sha256"]
+  actual = file_digests(step_dir)
+  return sorted(name for name in set(expected) | set(actual)
+                if expected.get(name) != actual.get(name))
 
 
 def checkpoint_dir(workdir):
@@ -34,8 +68,12 @@ class Checkpointer:
   """Saves every `every` steps (and when asked), keeps the newest `keep`."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only, enable_async_checkpointing=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=True,
+        async_options=None if read_only else ocp.AsyncOptions(
+            post_finalization_callback=self._seal))
+    self._saving = collections.deque()  # steps saved and not finalized yet, in order
     self.directory = checkpoint_dir(workdir)
     paths.check_reachable(self.directory)
     self.unreadable = self.directory.parent / "checkpoints_unreadable"
@@ -61,11 +99,37 @@ class Checkpointer:
     return self.manager.all_steps()
 
   def save(self, step: int, state, data_state: dict, config: ml_collections.ConfigDict):
-    """Starts an asynchronous save of step `step` (returns before the arrays are on disk)."""
+    """Starts an asynchronous save of step `step` (returns before the arrays are on disk); once
+    orbax has finished it, `_seal` records its checksums."""
+    self._saving.append(step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state),
         config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=True)
+
+  def _seal(self):
+    """Writes CHECKSUMS into the step orbax has just written (process 0, in orbax's save thread,
+    before orbax renames the temporary directory or marks the step complete: the checksums
+    become part of the same atomic step)."""
+    step = self._saving.popleft()  # orbax finalizes the saves in the order they were made
+    if jax.process_index() != 0:
+      return
+    step_dir = self.directory / str(step)
+    for entry in self.directory.iterdir():
+      match = _INCOMPLETE.match(entry.name)
+      if match and int(match.group(1)) == step:
+        step_dir = entry
+    try:
+      paths.write_text(step_dir / CHECKSUMS, json.dumps({"sha256": file_digests(step_dir)}))
+    except Exception as e:  # pylint: disable=broad-except  the step stays loadable, unchecked
+      logging.warning("Could not record the checksums of step %d: %s", step, e)
+
+  def _check_bytes(self, step):
+    """Raises ValueError naming the files of `step` that differ from their checksums."""
+    bad = verify(self.directory / str(step))
+    if bad:
+      raise ValueError(f"checksums differ for {', '.join(bad[:5])}"
+                       + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
 
   def restore(self, abstract_state, step=None):
     """Restores (state, data_state, step); falls back to older steps if the newest is unreadable.
@@ -81,6 +145,7 @@ class Checkpointer:
     errors = []
     for s in steps:
       try:
+        self._check_bytes(s)
         restored = self.manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
@@ -128,6 +193,7 @@ class Checkpointer:
     errors = []
     for s in steps:
       try:
+        self._check_bytes(s)
         tree = self._state_metadata(s)
         wanted = {k: tree[k] for k in ("step", "params", "stats", "ema")}
         abstract = jax.tree.map(
@@ -180,14 +246,21 @@ class Checkpointer:
 
   def restore_config(self, step=None) -> ml_collections.ConfigDict:
     """The config a checkpoint was trained with."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise UserError(f"no checkpoints under {self.directory}; train first or pass another --workdir")
-    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return ml_collections.ConfigDict(restored["config"])
+    errors = []
+    for s in steps:  # the newest readable one
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return ml_collections.ConfigDict(restored["config"])
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    raise UserError(f"no readable checkpoint config in {self.directory} ({'; '.join(errors)}); "
+                    "pass another --workdir or --step")
 
   def wait(self):
-    """Blocks until pending asynchronous saves are complete."""
+    """Blocks until pending asynchronous saves are complete (and their checksums written)."""
     self.manager.wait_until_finished()
 
   def close(self):

@@ -21,6 +21,7 @@ from bigbigan_jax import errors
 from bigbigan_jax import evaluators
 from bigbigan_jax import images
 from bigbigan_jax import inference
+from bigbigan_jax import lease
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import models
 from bigbigan_jax import paths
@@ -266,6 +267,35 @@ def train_and_evaluate(config, workdir):
   except OSError as e:
     raise errors.UserError(f"cannot write to --workdir={workdir} ({type(e).__name__}: "
                            f"{e.strerror or e}): pass a directory you can write to") from None
+  held = _take_lease(workdir, is_main)
+  try:
+    return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn)
+  finally:
+    if held is not None:
+      held.release()
+
+
+def _take_lease(workdir, is_main):
+  """Process 0 takes the workdir's lease; every process stops with its error if it is held."""
+  held, message = None, ""
+  if is_main:
+    held = lease.Lease(workdir)
+    try:
+      held.acquire()
+    except errors.UserError as e:
+      held, message = None, str(e)
+  if jax.process_count() > 1:
+    refused = multihost_utils.broadcast_one_to_all(np.array(bool(message)))
+    if refused and not message:
+      message = f"another run holds the lease of {workdir} (process 0 says which)"
+  if message:
+    raise errors.UserError(message)
+  return held
+
+
+def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn):
+  """`train_and_evaluate` once the workdir is usable and this run holds its lease."""
+  is_main = jax.process_index() == 0
   tensorboard = TensorBoard(workdir, is_main)
   writer = tensorboard.writer
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)

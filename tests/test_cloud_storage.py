@@ -151,6 +151,22 @@ def test_path_helpers_write_whole_objects_in_the_bucket(emulator):
   paths.check_reachable(root)  # answers: no error
 
 
+def test_the_workdir_lease_is_created_only_if_absent_in_the_bucket(emulator):
+  from bigbigan_jax import lease  # pylint: disable=g-import-not-at-top
+  from bigbigan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  workdir = f"gs://{BUCKET}/leased"
+  held = lease.Lease(workdir)
+  held.acquire()
+  assert "leased/lease.json" in emulator.objects("leased/")
+  with pytest.raises(UserError, match="is in use by another run"):
+    lease.Lease(workdir).acquire()
+  held.release()
+  assert "leased/lease.json" not in emulator.objects("leased/")
+  again = lease.Lease(workdir)
+  again.acquire()
+  again.release()
+
+
 def test_unreachable_storage_is_a_one_line_error(mnist_data_dir):
   # Nothing listens on this port: the clients retry, the run must not wait for them.
   env = {**env_for(1), **client_env(f"http://127.0.0.1:{free_port()}")}

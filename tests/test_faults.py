@@ -1,0 +1,114 @@
+"""Injected faults: damaged checkpoints, two runs on one workdir, stale leases.
+
+(Preemption, divergence, unreadable steps, bad flags and a changed architecture on resume are in
+tests/test_reliability.py; an unreachable bucket in tests/test_cloud_storage.py.)
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from bigbigan_jax import checkpoint
+from bigbigan_jax import inference
+from bigbigan_jax import lease
+from bigbigan_jax.errors import UserError
+from cli_helpers import REPO, env_for, main_command, run_main, state_arrays
+
+
+def _flip_a_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01  # same size, one bit different
+  path.write_bytes(bytes(data))
+
+
+def _array_files(step_dir):
+  return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d")
+
+
+@pytest.mark.slow
+def test_every_save_records_checksums_and_they_catch_one_flipped_bit(straight_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(straight_run, run)
+  step_dir = run / "checkpoints" / "4"
+  record = json.loads((step_dir / checkpoint.CHECKSUMS).read_text())["sha256"]
+  assert any(name.startswith("state/") for name in record) and "config/metadata" in record
+  assert checkpoint.verify(step_dir) == []
+  victims = _array_files(step_dir)[:2]
+  for victim in victims:
+    _flip_a_byte(victim)
+  bad = checkpoint.verify(step_dir)
+  assert bad == sorted(str(v.relative_to(step_dir)) for v in victims)
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_is_never_used(straight_run, tmp_path, mnist_data_dir):
+  run = tmp_path / "run"
+  shutil.copytree(straight_run, run)
+  os.remove(run / "DONE")
+  _flip_a_byte(_array_files(run / "checkpoints" / "4")[0])
+  # load (and so evaluate and extract) falls back to step 2 with one warning line...
+  model = inference.load(str(run))
+  assert model.step == 2
+  # ...and training sets step 4 aside, resumes from step 2 and ends as the straight run did.
+  result = run_main(str(run), mnist_data_dir)
+  assert "checksums differ for state/" in result.stdout and "resumed from step 2" in result.stdout
+  assert len(os.listdir(run / "checkpoints_unreadable")) == 1
+  resumed, straight = state_arrays(str(run), 4), state_arrays(straight_run, 4)
+  for key in straight:
+    assert (resumed[key] == straight[key]).all(), key
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_workdir_stops_and_the_first_goes_on(tmp_path, mnist_data_dir):
+  workdir = str(tmp_path / "run")
+  first = subprocess.Popen(main_command(workdir, mnist_data_dir, "--config.total_steps=100000"),
+                           env=env_for(1), cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(workdir, lease.NAME)):
+      assert first.poll() is None and time.time() < deadline, "the first run never started"
+      time.sleep(0.05)
+    second = subprocess.run(main_command(workdir, mnist_data_dir), env=env_for(1), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
+    assert f"is in use by another run (pid {first.pid} on" in lines[0]
+    assert first.poll() is None  # untouched
+  finally:
+    first.kill()
+    first.wait(timeout=60)
+  # Killed, its lease names a process that is gone: the next run takes it over.
+  result = run_main(workdir, mnist_data_dir, "--config.total_steps=2")
+  assert "took over the lease" in result.stdout and "(its process is gone)" in result.stdout
+  assert not os.path.exists(os.path.join(workdir, lease.NAME))  # released at the end
+
+
+def test_leases_refuse_a_live_holder_and_take_over_a_stale_one(tmp_path):
+  held = lease.Lease(tmp_path)
+  held.acquire()
+  with pytest.raises(UserError, match="is in use by another run"):
+    lease.Lease(tmp_path).acquire()
+  held.release()
+  assert not (tmp_path / lease.NAME).exists()
+  lease.Lease(tmp_path).acquire()  # free again
+  # A holder on another machine that stopped beating.
+  (tmp_path / lease.NAME).write_text(json.dumps(
+      {"holder": "x", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - 600}))
+  late = lease.Lease(tmp_path)
+  late.acquire()
+  assert json.loads((tmp_path / lease.NAME).read_text())["holder"] == late.record["holder"]
+  late.release()
+
+
+def test_the_heartbeat_refreshes_the_lease(tmp_path):
+  held = lease.Lease(tmp_path, heartbeat_s=0.05)
+  held.acquire()
+  first = json.loads((tmp_path / lease.NAME).read_text())["heartbeat"]
+  time.sleep(0.5)
+  assert json.loads((tmp_path / lease.NAME).read_text())["heartbeat"] > first
+  held.release()
