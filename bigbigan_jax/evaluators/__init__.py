@@ -131,7 +131,7 @@ class Suite:
     if not self.data.labelled:
       raise UserError("--raw_pixels needs a labelled dataset (the probes predict class labels)")
     chosen = [e for n, e in self.evaluators.items() if names is None or n in names]
-    chosen = [e for e in chosen if isinstance(e, (linear_probe.LinearProbe, knn.KNN))]
+    chosen = [e for e in chosen if isinstance(e, common.FeatureProbe)]
     splits = common.label_splits(self.data)
     features = {name: self.data.pixels(model, name) for name in splits}
     context = common.Context(model, self.data, features, (("pixels", "pixels"),))

@@ -222,3 +222,13 @@ class Evaluator:
 def label_splits(data) -> dict:
   """{split: set()} of the splits a label-based metric trains and tests on."""
   return {name: set() for name in ("train", "train_val", "test") if data.has(name)}
+
+
+class FeatureProbe(Evaluator):
+  """An evaluator that fits on the train split's features and labels and reports on train_val
+  and test (the linear probe, k-NN)."""
+  needs_features = True
+  needs_labels = True
+
+  def requires(self, model, data):
+    return label_splits(data)

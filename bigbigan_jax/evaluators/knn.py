@@ -32,12 +32,7 @@ def knn_metrics(features, key, num_classes) -> dict:
   return out
 
 
-class KNN(common.Evaluator):
-  needs_features = True
-  needs_labels = True
-
-  def requires(self, model, data):
-    return common.label_splits(data)
+class KNN(common.FeatureProbe):
 
   def run(self, ctx):
     return knn_metrics(ctx.features, ctx.probe_names[0][1], ctx.data.num_classes)

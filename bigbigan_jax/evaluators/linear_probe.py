@@ -23,12 +23,7 @@ def probe_metrics(features, probe_names, num_classes) -> dict:
   return out
 
 
-class LinearProbe(common.Evaluator):
-  needs_features = True
-  needs_labels = True
-
-  def requires(self, model, data):
-    return common.label_splits(data)
+class LinearProbe(common.FeatureProbe):
 
   def run(self, ctx):
     return probe_metrics(ctx.features, ctx.probe_names, ctx.data.num_classes)
