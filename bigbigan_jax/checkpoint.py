@@ -65,7 +65,7 @@ def checkpoint_dir(workdir):
 
 
 class Checkpointer:
-  """Saves every `every` steps (and when asked), keeps the newest `keep`."""
+  """Saves a step when asked (asynchronously, with checksums) and keeps the newest `keep`."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     options = ocp.CheckpointManagerOptions(

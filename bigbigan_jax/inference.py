@@ -183,7 +183,7 @@ class BigBiGAN:
 
   def with_encoder_standing_stats(self, local_batches) -> "BigBiGAN":
     """A copy whose E normalises with the average batch moments of `local_batches` (this
-    process's rows of global image batches in [-1, 1], e.g. from `extract.split_batches`), as
+    process's rows of global image batches in [-1, 1], e.g. from `evaluators.common.split_batches`), as
     `with_standing_stats` does for G. A freshly initialised E needs it: its BN statistics are
     the initial (mean 0, variance 1), so in inference mode its BN layers are the identity, a
     different function from the normalised one that training sees. For the BiGAN "D features"
@@ -224,12 +224,12 @@ class BigBiGAN:
 
   def cached_jit(self, key, fn):
     """`jax.jit(fn)` with replicated outputs, compiled once per `key` for this model and its
-    `with_state` copies (for the per-batch functions of extract.py and evaluate.py)."""
+    `with_state` copies (for the per-batch functions of the evaluators)."""
     if key not in self._jitted:
       self._jitted[key] = jax.jit(fn, out_shardings=self.replicated)
     return self._jitted[key]
 
-  # -- Pure functions of (variables, global arrays): for jit, and for evaluate.py. --------------
+  # -- Pure functions of (variables, global arrays): for jit, and for the evaluators. -----------
 
   def apply_encoder(self, variables, images, rng=None) -> dict:
     """E(x) in inference mode; images in [-1, 1] NHWC at `image_size`. No rng: z_sample = z_mean."""
@@ -253,9 +253,7 @@ class BigBiGAN:
 
   def d_view(self, images):
     """Images as D and G see them: E-resolution inputs average-pooled to G's resolution."""
-    if images.shape[-3] != self.generator_resolution:
-      return models.layers.d_view(images, self.generator_resolution)
-    return images
+    return self.networks.d_view(images)
 
   def apply_discriminator(self, variables, images, z) -> dict:
     """D's scores {score_x, score_z, score_xz} (None where the config has no such term)."""

@@ -1,6 +1,6 @@
 """Evaluation math on arrays: Fréchet distance, Inception score, linear probe, k-NN (docs/design.md#evaluation).
 
-Pure functions of NumPy/JAX arrays: no models, no data pipeline (see evaluate.py for those).
+Pure functions of NumPy/JAX arrays: no models, no data pipeline (see evaluators/ for those).
 """
 
 import functools

@@ -66,11 +66,6 @@ def fetch(array) -> np.ndarray:
   return np.asarray(array.addressable_data(0))
 
 
-def fetch_tree(tree):
-  """`fetch` on every leaf of a pytree of replicated arrays."""
-  return jax.tree.map(fetch, tree)
-
-
 def gather_rows(local_rows, mesh) -> np.ndarray:
   """This process's rows of a global batch -> the whole global batch, on every process."""
   if not is_multihost(mesh):

@@ -31,7 +31,8 @@ def summarize(config) -> dict:
     counts[f"discriminator/{name}"] = count_params(d[name])
   counts["discriminator"] = count_params(d)
   # BigGAN's D trunk plus its unconditional output layer (docs/design.md#generator).
-  counts["discriminator/F+theta_x"] = count_params(d["F"]) + count_params(d.get("theta_x", {}))
+  if "F" in d:  # BigBiGAN's D (the BiGAN MLP's has no F)
+    counts["discriminator/F+theta_x"] = count_params(d["F"]) + count_params(d.get("theta_x", {}))
   io = {"z": shapes["z"], "generator_out": None, "encoder_in": shapes["x_e"],
         "discriminator_x_in": shapes["x_d"]}
   variables_g = variables["generator"]

@@ -6,6 +6,7 @@ trainer are here; each trainer adds its own (`trainers.<name>.validate`).
 
 import math
 
+from bigbigan_jax import config_lib
 from bigbigan_jax import trainers
 from bigbigan_jax.errors import check, check_choice
 
@@ -30,6 +31,22 @@ def _check_finite_floats(node, prefix=""):
             f"--config.{field} to a finite value")
 
 
+def _check_evals(config):
+  """config.evals: known types, `every` None or >= 0, FID/IS weights where they run in training."""
+  types = {kind for kind, _ in config_lib.EVALUATORS.values()}
+  for name, entry in config.evals.items():
+    check_choice(entry.type, sorted(types), f"evals.{name}.type")
+    check(entry.every is None or entry.every >= 0,
+          f"config.evals.{name}.every={entry.every} must be None (every eval_every steps), 0 "
+          f"(off) or a positive number of steps")
+    runs = entry.every if entry.every is not None else config.eval_every
+    if runs and entry.type in ("fid", "inception_score"):
+      check(bool(entry.get("inception_weights")),
+            f"config.evals.{name} runs in training but has no Inception weights: set "
+            f"--config.evals.{name}.inception_weights=PATH (pytorch-fid's weights file; nothing "
+            "is downloaded)")
+
+
 def validate(config, num_devices: int | None = None):
   """Raises UserError on the first invalid field of `config`.
 
@@ -38,7 +55,9 @@ def validate(config, num_devices: int | None = None):
     num_devices: if given, the global batch must divide evenly over this many devices.
   """
   trainer = trainers.get_trainer(config.trainer)
+  trainer.check_family(config)  # before any field of one family is read
   _check_finite_floats(config)
+  _check_evals(config)
   for field in ("total_steps", "batch_size", "optim.d_lr", "optim.g_lr", "optim.e_lr_mult",
                 "optim.d_steps", "log_every", "checkpoint_every"):
     _check_positive(config, field)

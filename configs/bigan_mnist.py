@@ -2,7 +2,7 @@
 
   python -m bigbigan_jax.main --config=configs/bigan_mnist.py --workdir=runs/bigan_mnist
   python -m bigbigan_jax.main --config=configs/bigan_mnist.py:variant=autoencoder_l2 --workdir=...
-  python -m bigbigan_jax.evaluate --workdir=runs/bigan_mnist --metrics=knn
+  python -m bigbigan_jax.evaluate --workdir=runs/bigan_mnist --metrics=knn,bigan_nn1
 
 MLPs on 784-d pixel vectors in [0, 1], z ~ U(-1, 1)^50, z added at D's second hidden layer, BN
 without gain or bias, sigmoid cross-entropy with E and G trained jointly on the label-swapped

@@ -86,9 +86,10 @@ class Suite:
     self.every = every or {}
 
   def due(self, step: int, total_steps: int) -> tuple:
-    """The evaluators to run after training step `step` (all of them at the last step)."""
+    """The evaluators to run after training step `step` (those that run in training also run at
+    the last step)."""
     return tuple(n for n in self.evaluators
-                 if step == total_steps or (self.every.get(n) and step % self.every[n] == 0))
+                 if self.every.get(n) and (step % self.every[n] == 0 or step == total_steps))
 
   def __call__(self, model, names=None) -> dict:
     """Results of the evaluators `names` (default: all) on a bound `inference.BigBiGAN`."""

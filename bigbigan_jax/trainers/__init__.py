@@ -3,8 +3,9 @@
   bigbigan  BigBiGAN (trainers/bigbigan.py)
   bigan     BiGAN (2017) and its baselines on permutation-invariant MNIST (trainers/bigan.py)
 
-A trainer module provides `make_step(networks, optimizers, config, mesh) -> common.StepParts` and
-`validate(config)` (its own config checks). Everything else (state, checkpoints, the loop, the
+A trainer module provides `make_step(networks, optimizers, config, mesh) -> common.StepParts`,
+`check_family(config)` and `validate(config)` (its own config checks) and `LOSSES` (the metrics on
+the progress line). Everything else (state, checkpoints, the loop, the
 evaluators) is shared.
 """
 

@@ -147,6 +147,13 @@ def make_step(networks, optimizers, config, mesh) -> common.StepParts:
   return common.StepParts(train_step)
 
 
+def check_family(config):
+  """This trainer trains BiGAN (2017)'s MLPs, picked by config.method."""
+  check(config.model.family == "bigan_mlp" and "method" in config,
+        f"config.trainer='bigan' trains model.family='bigan_mlp' with a config.method, not "
+        f"{config.model.family!r}: start from configs/bigan_mnist.py (or set --config.trainer)")
+
+
 def validate(config):
   """The checks specific to the BiGAN (2017) methods (see `validation.validate` for the rest)."""
   method, m, loss = config.method, config.model, config.loss

@@ -1,6 +1,6 @@
 """The BigBiGAN trainer: D updates on L_D, then one joint E/G update on L_EG.
 
-See docs/design.md#losses and #training-recipe (BigBiGAN §2, Eq. 1-4). The same step trains
+See docs/design.md#losses and #training (BigBiGAN §2, Eq. 1-4). The same step trains
 BiGAN (2017)'s joint model (trainers/bigan.py builds its baselines on it): the family's
 differences come from `models.build` (`Networks.to_model_space`, `Networks.d_view`).
 """
@@ -128,6 +128,13 @@ def make_step(networks, optimizers, config, mesh) -> common.StepParts:
     return common.finish_step(config, old_state, state, {**metrics, **eg_metrics})
 
   return common.StepParts(train_step, d_update, eg_update, d_grads, eg_grads, discriminate)
+
+
+def check_family(config):
+  """This trainer trains BigBiGAN's networks."""
+  check(config.model.family == "bigbigan",
+        f"config.trainer='bigbigan' trains model.family='bigbigan', not "
+        f"{config.model.family!r}: start from configs/base.py (or set --config.trainer)")
 
 
 def validate(config):
