@@ -50,7 +50,7 @@ def summarize(config) -> dict:
         variables["encoder"])
     io["encoder_out"] = {k: v.shape for k, v in out.items()}
   counts["total"] = sum(v for k, v in counts.items() if k in ("generator", "encoder", "discriminator"))
-  return {"variant": config.get("variant"), "params": counts,
+  return {"variant": config.variant, "params": counts,
           "shapes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in io.items()}}
 
 
