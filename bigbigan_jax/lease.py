@@ -51,6 +51,7 @@ class Lease:
                    "started": now, "heartbeat": now}
     self._stop = threading.Event()
     self._thread = None
+    self.lost = None  # why this run no longer holds the lease (another run took it over)
 
   def _create(self, text: str, replace_generation=None) -> bool:
     """Writes the lease if absent (or if it is still the stale one read); False if another run
@@ -122,14 +123,25 @@ class Lease:
 
   def _beat(self):
     while not self._stop.wait(self.heartbeat_s):
-      held, _ = self._read()
+      held, generation = self._read()
       if held is None or held.get("holder") != self.record["holder"]:
-        return  # taken over: the other run decides now
+        self.lost = (f"another run took over the lease of {self.path.parent} (pid "
+                     f"{(held or {}).get('pid')} on {(held or {}).get('host')})")
+        return
       self.record["heartbeat"] = time.time()
       try:
-        paths.write_text(self.path, json.dumps(self.record))
-      except OSError:
-        pass  # the next beat tries again
+        if str(self.path).startswith("gs://"):  # only over our own object
+          if not self._create(json.dumps(self.record), replace_generation=generation):
+            continue  # changed meanwhile: the next beat reads who holds it
+        else:
+          paths.write_text(self.path, json.dumps(self.record))
+      except Exception:  # pylint: disable=broad-except  the next beat tries again
+        pass
+
+  def check(self):
+    """Raises UserError if another run has taken the lease over (this run must stop)."""
+    if self.lost:
+      raise UserError(f"{self.lost}: stopping; both runs must not write the same --workdir")
 
   def release(self):
     """Stops the heartbeat and removes the lease if this run still holds it."""

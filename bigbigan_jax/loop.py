@@ -269,7 +269,7 @@ def train_and_evaluate(config, workdir):
                            f"{e.strerror or e}): pass a directory you can write to") from None
   held = _take_lease(workdir, is_main)
   try:
-    return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn)
+    return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held)
   finally:
     if held is not None:
       held.release()
@@ -293,8 +293,9 @@ def _take_lease(workdir, is_main):
   return held
 
 
-def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn):
-  """`train_and_evaluate` once the workdir is usable and this run holds its lease."""
+def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held):
+  """`train_and_evaluate` once the workdir is usable and this run holds its lease (`held`, on
+  process 0)."""
   is_main = jax.process_index() == 0
   tensorboard = TensorBoard(workdir, is_main)
   writer = tensorboard.writer
@@ -400,6 +401,8 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn):
         paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights}])
       best.update(step, results, state, train_iter.get_state(), config)
     if step % config.checkpoint_every == 0 or step == total or preempted:
+      if held is not None:
+        held.check()  # never save over a run that took the workdir over
       ckpt.save(step, state, train_iter.get_state(), config)
       last_saved = step
       if metrics_file:

@@ -105,10 +105,18 @@ def test_leases_refuse_a_live_holder_and_take_over_a_stale_one(tmp_path):
   late.release()
 
 
-def test_the_heartbeat_refreshes_the_lease(tmp_path):
+def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path):
   held = lease.Lease(tmp_path, heartbeat_s=0.05)
   held.acquire()
   first = json.loads((tmp_path / lease.NAME).read_text())["heartbeat"]
   time.sleep(0.5)
   assert json.loads((tmp_path / lease.NAME).read_text())["heartbeat"] > first
+  held.check()  # still ours
+  # Another run took it over (this one was thought dead): the next save must not happen.
+  (tmp_path / lease.NAME).write_text(json.dumps(
+      {"holder": "other", "host": "elsewhere", "pid": 7, "started": 0, "heartbeat": time.time()}))
+  time.sleep(0.5)
+  with pytest.raises(UserError, match="another run took over the lease .*pid 7 on elsewhere"):
+    held.check()
   held.release()
+  assert (tmp_path / lease.NAME).exists()  # the new holder's lease stays
