@@ -142,24 +142,30 @@ class Checkpointer:
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     if steps:
       self._check_matches(abstract_state, steps[0])
-    errors = []
+    load = lambda s: self.manager.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    restored, s, skipped = self._newest_readable(
+        steps, load, "move the broken step directories away or start a new --workdir")
+    if skipped:
+      if step is None and not self.read_only:
+        self._set_aside(list(skipped))
+      print(f"warning: skipped unreadable checkpoints ({'; '.join(skipped.values())}); resumed "
+            f"from step {s}; the broken ones were moved to {self.unreadable}/", flush=True)
+    return restored["state"], restored["data"], s
+
+  def _newest_readable(self, steps, load, fix):
+    """(load(step), step, {skipped step: why}) for the first of `steps` whose bytes match their
+    checksums and that loads; a UserError naming every failure and `fix` if none does."""
+    skipped = {}
     for s in steps:
       try:
         self._check_bytes(s)
-        restored = self.manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return load(s), s, skipped
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        skipped[s] = f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         logging.warning("Checkpoint at step %d is unreadable (%s); trying an older one.", s, e)
-        continue
-      if errors:
-        if step is None and not self.read_only:
-          self._set_aside([int(e.split(":")[0].split()[1]) for e in errors])
-        print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); resumed from "
-              f"step {s}; the broken ones were moved to {self.unreadable}/", flush=True)
-      return restored["state"], restored["data"], s
-    raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
-                    "move the broken step directories away or start a new --workdir")
+    raise UserError(f"no readable checkpoint in {self.directory} "
+                    f"({'; '.join(skipped.values())}); {fix}")
 
   def _state_metadata(self, step):
     meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
@@ -190,27 +196,21 @@ class Checkpointer:
     optimizer state), placed with `sharding`. Their shapes are read from the checkpoint, so no
     optimizer is built; falls back to older steps if the newest is unreadable."""
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
-    errors = []
-    for s in steps:
-      try:
-        self._check_bytes(s)
-        tree = self._state_metadata(s)
-        wanted = {k: tree[k] for k in ("step", "params", "stats", "ema")}
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted)
-        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
-        restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=restore_args, partial_restore=True)))
-      except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        logging.warning("Checkpoint at step %d is unreadable (%s); trying an older one.", s, e)
-        continue
-      if errors:
-        print(f"warning: skipped unreadable checkpoints ({'; '.join(errors)}); loaded step {s}",
-              flush=True)
-      return restored["state"], s
-    raise UserError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); "
-                    "pass another --workdir or --step")
+
+    def load(s):
+      tree = self._state_metadata(s)
+      wanted = {k: tree[k] for k in ("step", "params", "stats", "ema")}
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted)
+      restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), abstract)
+      return self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=restore_args, partial_restore=True)))
+
+    restored, s, skipped = self._newest_readable(steps, load, "pass another --workdir or --step")
+    if skipped:
+      print(f"warning: skipped unreadable checkpoints ({'; '.join(skipped.values())}); loaded "
+            f"step {s}", flush=True)
+    return restored["state"], s
 
   def _set_aside_incomplete(self):
     """Moves the temporary directories of interrupted saves (never loaded by orbax, but left on

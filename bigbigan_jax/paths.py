@@ -22,23 +22,16 @@ def is_local(p) -> bool:
 
 
 def write_text(p, text: str):
-  """Writes `text` to `p` so that a reader sees the old or the new file, never a part."""
-  p = path(p)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  if not is_local(p):
-    p.write_text(text)  # an object upload is all-or-nothing
-    return
-  tmp = p.parent / (p.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(p)
+  """Writes `text` (UTF-8) to `p` as `write_bytes` does."""
+  write_bytes(p, text.encode())
 
 
 def write_bytes(p, data: bytes):
-  """`write_text` for bytes."""
+  """Writes `data` to `p` so that a reader sees the old or the new file, never a part."""
   p = path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   if not is_local(p):
-    p.write_bytes(data)
+    p.write_bytes(data)  # an object upload is all-or-nothing
     return
   tmp = p.parent / (p.name + ".tmp")
   tmp.write_bytes(data)
