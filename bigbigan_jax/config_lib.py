@@ -61,6 +61,15 @@ EVALUATORS = {
 }
 
 
+# The evaluator types that need the FID Inception network (and its weights file).
+INCEPTION_TYPES = ("fid", "inception_score")
+
+
+def inception_names(evals_section, names) -> list:
+  """The names among `names` whose `config.evals` entries need the FID Inception network."""
+  return [n for n in names if evals_section[n].type in INCEPTION_TYPES]
+
+
 def evals(*enabled: str) -> ml_collections.ConfigDict:
   """`config.evals`: every evaluator, those named in `enabled` running every `eval_every` steps
   (`every=None`), the others off (`every=0`; `python -m bigbigan_jax.evaluate --metrics=NAME`
@@ -70,7 +79,7 @@ def evals(*enabled: str) -> ml_collections.ConfigDict:
     every = (ml_collections.config_dict.placeholder(int) if name in enabled
              else ml_collections.FieldReference(0, field_type=int))
     out[name] = ml_collections.ConfigDict(dict(type=kind, every=every, **options))
-    if kind in ("fid", "inception_score"):
+    if kind in INCEPTION_TYPES:
       out[name].inception_weights = ml_collections.config_dict.placeholder(str)
   return out
 

@@ -5,7 +5,7 @@
       [--step=K] [--data_dir=DIR] [--train_examples=N] [--random_init | --raw_pixels]
       [--[no]encoder_standing_stats] [--noema]
   python -m bigbigan_jax.evaluate --workdir=runs/mnist --metrics=fid,is
-      --inception_weights=pt_inception-2015-12-05-6726825d.pth [--num_fid_samples=N]
+      --inception_weights=PATH [--num_fid_samples=N]   (pytorch-fid's weights file)
 
 `--metrics` names entries of the run's `config.evals` (linear_probe, knn, recon, recon_labels,
 pairing, fid, is, bigan_nn1; see bigbigan_jax/evaluators/__init__.py for what each reports).
@@ -78,7 +78,7 @@ def _check_flags(config, names):
   """One-line errors for flag combinations that cannot work, before anything is restored."""
   if FLAGS.random_init and FLAGS.raw_pixels:
     raise UserError("--random_init and --raw_pixels are two different baselines: pass one")
-  generation = evaluators.needs_inception(config, names)
+  generation = config_lib.inception_names(config.evals, names)
   if generation and not FLAGS.inception_weights:
     raise evaluators.fid.missing_weights_error(generation)
   if FLAGS.inception_weights and not generation:
@@ -95,9 +95,9 @@ def main(argv):
   if not FLAGS.workdir:
     raise UserError("--workdir is required: the training run to evaluate")
   if FLAGS.metrics is not None and not FLAGS.inception_weights:  # before the run is read
-    asked = [n.strip() for n in FLAGS.metrics.split(",")]
-    generation = [n for n in asked if n in config_lib.EVALUATORS
-                  and config_lib.EVALUATORS[n][0] in ("fid", "inception_score")]
+    defaults = config_lib.evals()
+    asked = [n for n in (m.strip() for m in FLAGS.metrics.split(",")) if n in defaults]
+    generation = config_lib.inception_names(defaults, asked)
     if generation:
       raise evaluators.fid.missing_weights_error(generation)
   config = inference.load_config(FLAGS.workdir, FLAGS.step)

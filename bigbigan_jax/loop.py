@@ -30,9 +30,6 @@ from bigbigan_jax import trainers
 from bigbigan_jax import validation
 from bigbigan_jax.trainers import common
 
-_fetch = sharding.fetch
-
-
 class Timer:
   """Steps/s, img/s and ETA between successive `report` calls."""
 
@@ -81,10 +78,10 @@ class Previews:
     self.reconstruct = jax.jit(reconstruct, out_shardings=out) if e is not None else None
 
   def write(self, step: int, state, writer, workdir):
-    grids = {"samples": images.grid(_fetch(self.sample(state, self.z)), 8)}
+    grids = {"samples": images.grid(sharding.fetch(self.sample(state, self.z)), 8)}
     if self.reconstruct is not None:
-      recon = _fetch(self.reconstruct(state, self.real))
-      grids["reconstructions"] = images.reconstruction_grid(_fetch(self.real), recon)
+      recon = sharding.fetch(self.reconstruct(state, self.real))
+      grids["reconstructions"] = images.reconstruction_grid(sharding.fetch(self.real), recon)
     if jax.process_index() == 0:
       small = grids["samples"].shape[0] < 400
       for name, grid in grids.items():
@@ -185,11 +182,11 @@ class BestCheckpoint:
 
 def _check_finite(step: int, metrics, last_saved):
   """Raises TrainingDiverged naming the step and every non-finite term."""
-  if bool(_fetch(metrics["all_finite"])):
+  if bool(sharding.fetch(metrics["all_finite"])):
     return
   bad = [k.removeprefix("finite/") for k, v in metrics.items()
-         if k.startswith("finite/") and not bool(_fetch(v))]
-  values = {k: float(_fetch(metrics[k])) for k in bad if k in metrics}
+         if k.startswith("finite/") and not bool(sharding.fetch(v))]
+  values = {k: float(sharding.fetch(metrics[k])) for k in bad if k in metrics}
   where = f"the last good checkpoint is step {last_saved}" if last_saved else "no checkpoint yet"
   raise errors.TrainingDiverged(
       f"training diverged at step {step}: non-finite {', '.join(bad)} {values or ''}; nothing was "
@@ -376,7 +373,7 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
       guard()
     report(step)
     if step % config.log_every == 0 or step == total:
-      values = {k: float(_fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
+      values = {k: float(sharding.fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
       values.update(timer.report(step))
       if first:
         values["compile_s"] = compile_s

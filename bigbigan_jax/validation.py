@@ -40,7 +40,7 @@ def _check_evals(config):
           f"config.evals.{name}.every={entry.every} must be None (every eval_every steps), 0 "
           f"(off) or a positive number of steps")
     runs = entry.every if entry.every is not None else config.eval_every
-    if runs and entry.type in ("fid", "inception_score"):
+    if runs and entry.type in config_lib.INCEPTION_TYPES:
       check(bool(entry.get("inception_weights")),
             f"config.evals.{name} runs in training but has no Inception weights: set "
             f"--config.evals.{name}.inception_weights=PATH (pytorch-fid's weights file; nothing "

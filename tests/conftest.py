@@ -28,7 +28,7 @@ def _built_once(tmp_path_factory, name, build) -> str:
     path = str(tmp_path_factory.mktemp(name))
     build(path)
     return path
-  root = tmp_path_factory.getbasetemp().parent  # this session's directory, above the workers'
+  root = tmp_path_factory.getbasetemp().parent  # the test run's directory, above the workers'
   path, done = root / name, root / f"{name}.done"
   with open(root / f"{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker builds; the others wait, then reuse

@@ -18,6 +18,7 @@ The features every evaluator of one evaluation asks for are computed once (`comm
 
 import time
 
+from bigbigan_jax import config_lib
 from bigbigan_jax.errors import UserError
 from bigbigan_jax.evaluators import bigan_nn1
 from bigbigan_jax.evaluators import common
@@ -40,7 +41,6 @@ TYPES = {
 }
 # The (result name, feature key) pairs of the probes; k-NN uses the first.
 PROBE_NAMES = (("avepool", "avepool_feat"), ("bn_crelu", "bn_crelu_feat"))
-_INCEPTION_TYPES = ("fid", "inception_score")
 
 
 def enabled(config) -> tuple:
@@ -57,11 +57,6 @@ def parse_names(names, config) -> tuple:
       raise UserError(f"unknown metric {name!r}: use a comma-separated subset of "
                       f"{','.join(config.evals)}")
   return tuple(names)
-
-
-def needs_inception(config, names) -> list:
-  """The names among `names` whose evaluators need the FID Inception network."""
-  return [n for n in names if config.evals[n].type in _INCEPTION_TYPES]
 
 
 def weights_label(use_ema: bool, encoder_stats_batches: int = 0) -> str:
@@ -163,13 +158,13 @@ def from_config(config, names=None, *, data_config=None, train_examples="config"
     kind, step_every = entry.pop("type"), entry.pop("every")
     if kind not in TYPES:
       raise UserError(f"config.evals.{name}.type={kind!r} is not one of {', '.join(TYPES)}")
-    if kind in _INCEPTION_TYPES:
+    if kind in config_lib.INCEPTION_TYPES:
       entry["reference_dir"] = reference_dir
       if inception is not None:
         entry["inception"] = inception
       entry.update({k: v for k, v in (fid_options or {}).items() if v is not None})
       if entry.get("inception") is None and entry.get("inception_weights") is None:
-        raise fid.missing_weights_error(needs_inception(config, names))
+        raise fid.missing_weights_error(config_lib.inception_names(config.evals, names))
     try:
       evaluators[name] = TYPES[kind](**entry)
     except TypeError as e:
