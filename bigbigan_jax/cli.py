@@ -26,6 +26,31 @@ def define_config_flag():
       "--config.FIELD=VALUE overrides a field.", lock_config=True)
 
 
+def define_distributed_flags():
+  """The flags that connect the processes of a multi-host run (`initialize_distributed`)."""
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize() with auto-detection (TPU VMs, SLURM, ...).")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit clusters).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (explicit clusters).")
+  flags.DEFINE_integer("process_id", None, "This process's index (explicit clusters).")
+  flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                       "A process that misses heartbeats this long is declared dead and JAX's "
+                       "coordination service stops the others.")
+
+
+def initialize_distributed():
+  """Connects the processes of a multi-host run; a no-op for a single process."""
+  import jax  # pylint: disable=g-import-not-at-top  (after the flags are parsed)
+  f = flags.FLAGS
+  if f.coordinator_address or f.num_processes:
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                               heartbeat_timeout_seconds=f.heartbeat_timeout_s)
+  elif f.distributed:
+    jax.distributed.initialize(heartbeat_timeout_seconds=f.heartbeat_timeout_s)
+
+
 def run(main):
   """`absl.app.run(main)`, turning a UserError (even one raised while the config file is
   loaded) into `error: <message>` on stderr and exit status 2, with no traceback. So are the

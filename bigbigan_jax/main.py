@@ -20,14 +20,7 @@ FLAGS = flags.FLAGS
 DEFAULT_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
     os.path.expanduser("~"), ".cache", "bigbigan_jax", "jax_compilation_cache")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() with auto-detection (TPU VMs, SLURM, ...).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit clusters).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (explicit clusters).")
-flags.DEFINE_integer("process_id", None, "This process's index (explicit clusters).")
-flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                     "A process that misses heartbeats this long is declared dead and JAX's "
-                     "coordination service stops the others.")
+cli.define_distributed_flags()
 flags.DEFINE_string("compilation_cache_dir", DEFAULT_CACHE,
                     "JAX's persistent compilation cache: a restart (after preemption, say) loads "
                     "the compiled step instead of compiling it again. A local folder or a "
@@ -40,18 +33,6 @@ flags.adopt_module_key_flags(cli)  # --config in --help
 _LOST_PROCESS_SIGNS = ("gloo", "nccl", "connection reset", "connection closed",
                        "connection refused", "broken pipe", "socket closed", "heartbeat",
                        "unavailable", "deadline_exceeded", "barrier", "coordination")
-
-
-def initialize_distributed():
-  """Connects the processes of a multi-host run; a no-op for a single process."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.coordinator_address or FLAGS.num_processes:
-    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
-  elif FLAGS.distributed:
-    jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
 
 
 def _exit_lost_process(error, workdir):
@@ -81,7 +62,7 @@ def main(argv):
   config = cli.config()
   if not FLAGS.workdir:
     raise errors.UserError("--workdir is required: the directory for checkpoints and logs")
-  initialize_distributed()
+  cli.initialize_distributed()
   from bigbigan_jax import loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache_dir:
