@@ -50,7 +50,10 @@ def load_sibling_config(config_file: str, name: str):
 
 # The evaluators of `config.evals` (see bigbigan_jax/evaluators/): name -> (type, options).
 EVALUATORS = {
-    "linear_probe": ("linear_probe", {}),
+    # method 'auto': L-BFGS while the train features fit in lbfgs_max_bytes, else minibatch
+    # Adam (epochs; max_seconds caps its training time, e.g. in training at ImageNet scale).
+    "linear_probe": ("linear_probe", {"method": "auto", "lbfgs_max_bytes": 1 << 30,
+                                      "epochs": 10, "max_seconds": None}),
     "knn": ("knn", {}),
     "recon": ("recon", {}),
     "recon_labels": ("recon_labels", {}),
@@ -110,7 +113,8 @@ def upgrade_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   if "eval" not in c:
     c.eval = ml_collections.ConfigDict()
   e = c.eval
-  defaults = dict(batch_size=256, train_examples=None, encoder_stats_batches=0, best_metric="",
+  defaults = dict(batch_size=256, train_examples=None, test_examples=None,
+                  encoder_stats_batches=0, best_metric="",
                   best_mode="max")
   for field, value in defaults.items():
     if field not in e:

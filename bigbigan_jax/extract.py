@@ -1,20 +1,32 @@
-"""Encoder features of a whole dataset split, to an .npz file (the hub modules' outputs).
+"""Encoder features of a whole dataset split, written as shards (the hub modules' outputs).
 
-  python -m bigbigan_jax.extract --workdir=runs/mnist --split=test --out=test_features.npz
+  python -m bigbigan_jax.extract --workdir=runs/mnist --split=train,train_val,test --out=features
       [--dataset=NAME --data_dir=DIR] [--batch_size=256] [--step=K] [--noema]
+      [--shard_examples=N] [--distributed | --coordinator_address=... --num_processes=N
+      --process_id=I]
 
-The .npz holds avepool_feat [N, D], bn_crelu_feat [N, 2D], z_mean [N, z_dim] and labels [N], in
-the split's fixed order (padding removed). The dataset defaults to the one the run trained on.
+OUT/<split> (OUT: a local or gs:// directory) receives one .npz per shard of the split, each
+holding avepool_feat [n, D], bn_crelu_feat [n, 2D], z_mean [n, z_dim] and labels [n], in the
+split's fixed order, then index.json (bigbigan_jax/feature_store.py). Host memory holds one shard
+(about 128 MiB by default), whatever the split's size. A killed extraction keeps its finished
+shards: rerun the same command to write the rest. With several processes (the same command on
+every host), each encodes its own shards with its own devices. Read the features back with
+
+  features = bigbigan_jax.feature_store.load("features/test")   # {key: [N, ...]}
+
+and probe them with `python -m bigbigan_jax.probe --features=features`. The dataset defaults to
+the one the run trained on.
 """
 
-import io
 import math
 
 from absl import flags
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from bigbigan_jax import cli
+from bigbigan_jax import feature_store
 from bigbigan_jax import inference
 from bigbigan_jax import input_pipeline
 from bigbigan_jax import paths
@@ -32,6 +44,68 @@ def data_config_for(config, dataset=None, data_dir=None):
   return data
 
 
+def feature_shapes(model) -> dict:
+  """{key: per-example shape} of what `extract` writes for a bound model."""
+  image = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, model.image_channels),
+                               np.float32)
+  out = jax.eval_shape(model.apply_encoder, model.variables, image)
+  shapes = {k: list(out[k].shape[1:]) for k in model.feature_keys}
+  shapes["labels"] = []
+  return shapes
+
+
+def extract(model, data_config, split, out, *, weights, shard_examples=None) -> dict:
+  """Writes the features of `split` under `out` as shards (resuming a killed extraction);
+  each process encodes shards index % process_count == process_index. Returns the index."""
+  model.require_encoder(features_only=True)
+  info = input_pipeline.dataset_info(data_config)
+  count = info.num_examples.get(split, 0)
+  if not count:
+    raise UserError(f"split {split!r} is empty: pick another --split")
+  shapes = feature_shapes(model)
+  bytes_per_example = sum(4 * math.prod(s) for s in shapes.values())
+  shard_examples = shard_examples or feature_store.shard_examples_for(bytes_per_example,
+                                                                      model.batch_size)
+  if shard_examples <= 0:
+    raise UserError(f"--shard_examples={shard_examples}: use a positive number of examples")
+  plan = {"step": model.step, "weights": weights, "dataset": data_config.dataset,
+          "split": split, "count": count, "num_classes": info.num_classes,
+          "shard_examples": shard_examples, "shapes": shapes}
+  feature_store.check_plan(out, plan)
+  shards = feature_store.plan_shards(count, shard_examples)
+  done = feature_store.existing_shards(out)
+  mine = [i for i in range(jax.process_index(), len(shards), jax.process_count())
+          if i not in done]
+  total = sum(math.ceil((shards[i][1] - shards[i][0]) / model.batch_size) for i in mine)
+  if done and jax.process_index() == 0:
+    print(f"Resuming: {len(done)} of {len(shards)} shards of {split} are already in {out}.",
+          flush=True)
+
+  bar = common.progress_bar(None, total, f"encoding {split}") if total else None
+  for i in mine:
+    start, stop = shards[i]
+    batches = common.split_batches(model, data_config, split, start=start, stop=stop)
+    feature_store.write_shard(out, i, common.extract_features(model, _counted(batches, bar)))
+  if bar is not None:
+    bar.close()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("bigbigan_jax.extract")
+  if jax.process_index() == 0:
+    missing = set(range(len(shards))) - feature_store.existing_shards(out)
+    if missing:
+      raise UserError(f"{len(missing)} shards of {out} are missing (e.g. "
+                      f"{feature_store.shard_name(min(missing))}): rerun the same command")
+    feature_store.write_index(out, plan, shards)
+  return plan
+
+
+def _counted(items, bar):
+  for item in items:
+    yield item
+    if bar is not None:
+      bar.update(1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
@@ -40,14 +114,17 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The command-line flags (defined only when run as a program: main.py has its own --workdir)."""
-  flags.DEFINE_string("split", None, "Split: 'train' (minus train_val), 'train_val', 'test', ...")
-  flags.DEFINE_string("out", None, "Output .npz path.")
+  flags.DEFINE_list("split", None, "Splits: 'train' (minus train_val), 'train_val', 'test', ...")
+  flags.DEFINE_string("out", None, "Output directory (local or gs://): OUT/<split>/ per split.")
   flags.DEFINE_string("workdir", None, "Training run directory (or its checkpoints/ directory).")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
   flags.DEFINE_string("dataset", None, "TFDS name or folder:/path (default: the run's dataset).")
   flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
   flags.DEFINE_integer("batch_size", 256, "Images per device call.")
   flags.DEFINE_bool("ema", True, "Use the EMA weights of E (--noema: the raw weights).")
+  flags.DEFINE_integer("shard_examples", None,
+                       "Examples per shard (default: about 128 MiB of features per shard).")
+  cli.define_distributed_flags()
 
 
 def main(argv):
@@ -55,25 +132,27 @@ def main(argv):
   cli.quiet_logging()
   if not FLAGS.workdir or not FLAGS.out or not FLAGS.split:
     raise UserError("--workdir, --split and --out are required, e.g. --workdir=runs/mnist "
-                    "--split=test --out=test.npz")
+                    "--split=train,train_val,test --out=features")
+  if str(FLAGS.out).endswith(".npz"):
+    raise UserError(f"--out={FLAGS.out}: extract writes a directory of feature shards per "
+                    "split; pass a directory, e.g. --out=features")
+  cli.initialize_distributed()
   model = inference.load(FLAGS.workdir, FLAGS.step, use_ema=FLAGS.ema,
                          batch_size=FLAGS.batch_size)
-  model.require_encoder(features_only=True)
   data = data_config_for(model.config, FLAGS.dataset, FLAGS.data_dir)
-  count = input_pipeline.dataset_info(data).num_examples.get(FLAGS.split, 0)
-  batches = common.progress_bar(common.split_batches(model, data, FLAGS.split),
-                                math.ceil(count / model.batch_size), f"encoding {FLAGS.split}")
-  try:
-    out = common.extract_features(model, batches)
-  except UserError:
-    raise UserError(f"split {FLAGS.split!r} is empty: pick another --split") from None
-  if jax.process_index() == 0:
-    buffer = io.BytesIO()
-    np.savez(buffer, **out)
-    paths.write_bytes(FLAGS.out, buffer.getvalue())
-  shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in out.items())
-  print(f"Wrote {len(out['labels'])} examples of {data.dataset}:{FLAGS.split} at step "
-        f"{model.step} to {FLAGS.out}: {shapes}", flush=True)
+  known = input_pipeline.dataset_info(data).num_examples
+  for split in FLAGS.split:  # every name checked before the first is encoded
+    if split not in known:
+      raise UserError(f"unknown split {split!r}: use one of {', '.join(sorted(known))}")
+  for split in FLAGS.split:
+    out = paths.path(FLAGS.out) / split
+    plan = extract(model, data, split, out, weights="ema" if FLAGS.ema else "raw",
+                   shard_examples=FLAGS.shard_examples)
+    shapes = ", ".join(f"{k} {[plan['count'], *v]}" for k, v in plan["shapes"].items())
+    if jax.process_index() == 0:
+      print(f"Wrote {plan['count']} examples of {data.dataset}:{split} at step {model.step} to "
+            f"{out} in {math.ceil(plan['count'] / plan['shard_examples'])} shards: {shapes}",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,18 @@ Pure functions of NumPy/JAX arrays: no models, no data pipeline (see evaluators/
 """
 
 import functools
+import math
+import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 import optax
+
+from bigbigan_jax import feature_store
+from bigbigan_jax import sharding
 
 # ---------------------------------------------------------------------------------------------
 # FID and IS.
@@ -163,53 +169,213 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
 
 
 # ---------------------------------------------------------------------------------------------
-# k-nearest neighbours.
+# k-nearest neighbours: the bank sharded over the devices, queries in chunks, top-k merged.
 
 
-@functools.partial(jax.jit, static_argnames=("k", "metric", "num_classes"))
-def _knn_predict(bank, bank_labels, queries, *, k: int, metric: str, num_classes: int):
-  """Majority vote of the k nearest bank rows; ties go to the class of the nearer neighbour."""
-  if metric == "cosine":
-    normalize = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    similarity = normalize(queries) @ normalize(bank).T
-  else:  # -|q - b|², dropping |q|² which does not change the ranking of a query's neighbours
-    similarity = 2.0 * queries @ bank.T - jnp.sum(bank**2, axis=1)[None]
-  _, index = jax.lax.top_k(similarity, k)
-  votes = jax.nn.one_hot(bank_labels[index], num_classes)  # [Q, k, C]
-  # Rank weights 1 + (k - rank) / (k + 1)^2 sum to less than one extra vote: they only break ties.
-  rank_weight = 1.0 + (k - jnp.arange(k)) / (k + 1.0) ** 2
-  return jnp.argmax(jnp.einsum("qkc,k->qc", votes, rank_weight), axis=-1)
+def _knn_fn(mesh, k, metric, num_classes):
+  """Predictions for a replicated query chunk against a row-sharded bank: each device ranks its
+  own rows, the devices' top-k candidates are gathered and ranked again (exact)."""
+  def local(bank, bank_labels, valid, queries):
+    if metric == "cosine":
+      normalize = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+      similarity = normalize(queries) @ normalize(bank).T
+    else:  # -|q - b|², dropping |q|² which does not change the ranking of a query's neighbours
+      similarity = 2.0 * queries @ bank.T - jnp.sum(bank**2, axis=1)[None]
+    similarity = jnp.where(valid[None], similarity, -jnp.inf)
+    values, index = jax.lax.top_k(similarity, k)
+    # Device order is row order: among equal similarities the earlier row still wins.
+    values = jax.lax.all_gather(values, "data", axis=1, tiled=True)
+    labels = jax.lax.all_gather(bank_labels[index], "data", axis=1, tiled=True)
+    _, best = jax.lax.top_k(values, k)
+    votes = jax.nn.one_hot(jnp.take_along_axis(labels, best, axis=1), num_classes)  # [Q, k, C]
+    # Rank weights 1 + (k - rank) / (k + 1)^2 sum to less than one extra vote: they only break
+    # ties.
+    rank_weight = 1.0 + (k - jnp.arange(k)) / (k + 1.0) ** 2
+    return jnp.argmax(jnp.einsum("qkc,k->qc", votes, rank_weight), axis=-1)
+
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P("data"), P()),
+                               out_specs=P(), check_vma=False))
+
+
+def shard_bank(bank, key, mesh, *, min_rows_per_device: int = 1):
+  """A feature_store.Source as a bank sharded over `mesh` by rows: (features, labels, valid).
+
+  Process p holds the rows of its shards (p, p + P, ...), padded to the same count on every
+  device (padding is never a neighbour). Host memory: this process's part of the bank.
+  """
+  index, count = _process_of(mesh)
+  local = [(x[m], y[m]) for x, y, m in bank.ordered(key, 1 << 14, process_index=index,
+                                                    process_count=count)]
+  x = np.concatenate([a for a, _ in local]) if local else np.zeros((0, bank.dims[key]), np.float32)
+  y = np.concatenate([b for _, b in local]) if local else np.zeros((0,), np.int32)
+  devices_here = mesh.size // count
+  rows = max(bank.rows_per_process(count))
+  per_device = max(math.ceil(rows / devices_here), min_rows_per_device)
+  pad = per_device * devices_here - len(x)
+  valid = np.arange(per_device * devices_here) < len(x)
+  x, y = np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad))
+  return tuple(sharding.to_device_rows(a, mesh) for a in (x, y, valid))
 
 
 def knn_accuracy(bank, bank_labels, queries, query_labels, *, ks: Sequence[int] = (1, 5),
                  metric: str = "euclidean", num_classes: int | None = None,
-                 chunk: int = 1024) -> dict:
+                 chunk: int = 1024, mesh=None) -> dict:
   """k-NN top-1 of `queries` against a labelled feature bank, for every k in `ks`.
 
+  Arrays in memory; `sharded_knn_accuracy` is the same on feature shards.
   Args:
     metric: 'euclidean' or 'cosine'.
-    chunk: queries per device call (bounds the [chunk, bank] distance matrix).
+    chunk: queries per device call (bounds the [chunk, bank] similarity matrix).
+    mesh: the devices holding the bank (default: this process's).
   Returns:
     {k: accuracy}.
   """
-  if metric not in ("euclidean", "cosine"):
-    raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
-  bank = jnp.asarray(bank, jnp.float32)
-  bank_labels = jnp.asarray(bank_labels, jnp.int32)
-  queries, query_labels = np.asarray(queries, np.float32), np.asarray(query_labels)
   if num_classes is None:
     num_classes = int(max(np.max(bank_labels), np.max(query_labels))) + 1
-  out = {}
-  for k in ks:
-    k_eff = min(k, bank.shape[0])
-    correct = 0
-    for start in range(0, len(queries), chunk):
-      # Pad the last chunk so that every call has the same shape (one compilation).
-      q = queries[start:start + chunk]
-      n = len(q)
-      q = np.pad(q, ((0, chunk - n), (0, 0))) if len(queries) > chunk else q
-      pred = np.asarray(_knn_predict(bank, bank_labels, jnp.asarray(q), k=k_eff, metric=metric,
-                                     num_classes=num_classes))[:n]
-      correct += int(np.sum(pred == query_labels[start:start + n]))
-    out[k] = correct / max(len(queries), 1)
+  as_source = lambda x, y: feature_store.Source.from_arrays(
+      {"x": np.asarray(x, np.float32), "labels": np.asarray(y, np.int32)})
+  return sharded_knn_accuracy(as_source(bank, bank_labels), as_source(queries, query_labels),
+                              "x", ks=ks, metric=metric, num_classes=num_classes, chunk=chunk,
+                              mesh=mesh)
+
+
+def sharded_knn_accuracy(bank, queries, key, *, ks: Sequence[int] = (1, 5),
+                         metric: str = "euclidean", num_classes: int, chunk: int = 1024,
+                         mesh=None) -> dict:
+  """k-NN top-1 of every query against the bank, both `feature_store.Source`s, exact.
+
+  The bank is sharded over the devices of `mesh` (default: this process's); each process reads
+  every query, `chunk` at a time. Returns {k: accuracy}.
+  """
+  if metric not in ("euclidean", "cosine"):
+    raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+  mesh = mesh or sharding.local_mesh()
+  k_max = max(ks)
+  features, labels, valid = shard_bank(bank, key, mesh, min_rows_per_device=k_max)
+  fns = {k: _knn_fn(mesh, min(k, bank.count), metric, num_classes) for k in ks}
+  correct = {k: 0 for k in ks}
+  for q, y, mask in queries.ordered(key, chunk):
+    q = sharding.replicate(mesh, q)
+    for k, fn in fns.items():
+      prediction = sharding.fetch(fn(features, labels, valid, q))
+      correct[k] += int(np.sum((prediction == y) & mask))
+  return {k: correct[k] / max(queries.count, 1) for k in ks}
+
+
+# ---------------------------------------------------------------------------------------------
+# Minibatch linear probe: streams feature shards, data-parallel over a mesh.
+
+
+def _process_of(mesh):
+  """(process index, process count) of the hosts `mesh` spans."""
+  return ((jax.process_index(), jax.process_count()) if sharding.is_multihost(mesh) else (0, 1))
+
+
+def feature_moments(source, key, mesh, local_batch):
+  """Mean and standard deviation of every feature over a Source, in one streamed pass."""
+  index, count = _process_of(mesh)
+  sums = jax.jit(lambda x, m: (jnp.sum(x * m[:, None], 0), jnp.sum((x * m[:, None]) ** 2, 0)),
+                 out_shardings=sharding.replicated(mesh))
+  total, total_sq = 0.0, 0.0
+  for x, _, m in source.ordered(key, local_batch, process_index=index, process_count=count):
+    s, sq = sums(sharding.to_device_rows(x, mesh), sharding.to_device_rows(m, mesh))
+    total = total + sharding.fetch(s).astype(np.float64)
+    total_sq = total_sq + sharding.fetch(sq).astype(np.float64)
+  mean = total / source.count
+  std = np.sqrt(np.maximum(total_sq / source.count - mean**2, 0.0))
+  std = np.where(std > 1e-6, std, 1.0)  # as `standardize`: constant features stay 0
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
+def minibatch_linear_probe(train, val, test, key, *, num_classes: int, mesh=None,
+                           l2_grid: Sequence[float] = L2_GRID, epochs: int = 10,
+                           min_steps: int = 1500, batch_size: int = 1024,
+                           learning_rate: float = 1e-2, seed: int = 0,
+                           early_stopping: bool = False,
+                           max_seconds: float | None = None) -> dict:
+  """`linear_probe` for features that need not fit in memory: `feature_store.Source`s.
+
+  Softmax regression on standardised features by Adam with a cosine-decayed learning rate for
+  `epochs` (more if that is fewer than `min_steps` steps), one classifier per l2 of `l2_grid`
+  trained together on the same batches, data-parallel over
+  `mesh` (default: this process's devices; a global mesh shares the work between hosts). At the
+  end each classifier is scored on `val` and the best l2 (ties go to the weaker regulariser) is
+  scored on `test`; with `early_stopping`, after every epoch, keeping the best (l2, epoch). Host
+  memory: about two shards. `max_seconds` ends training early (after the step that passes it).
+
+  Returns:
+    {'val', 'test', 'l2', 'epochs' (run), 'best_epoch', 'seconds'} ('val'/'test' where given).
+  """
+  start_time = time.perf_counter()
+  mesh = mesh or sharding.local_mesh()
+  index, count = _process_of(mesh)
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  local_batch = batch_size // count
+  has_val = val is not None and val.count > 0
+  grid = (np.array(sorted(l2_grid, reverse=True), np.float32) if has_val
+          else np.array([sorted(l2_grid)[len(l2_grid) // 2]], np.float32))
+  mean, std = feature_moments(train, key, mesh, local_batch)
+  replicated = sharding.replicated(mesh)
+  mean, inv_std, l2 = (sharding.replicate(mesh, a) for a in (mean, 1.0 / std, grid))
+  steps_per_epoch = min(r // local_batch for r in train.rows_per_process(count))
+  if steps_per_epoch < 1:
+    raise ValueError(f"{train.count} training examples are fewer than one batch of "
+                     f"{batch_size}: lower batch_size")
+  epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+  optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch))
+  dim = train.dims[key]
+  params = {"w": jnp.zeros((len(grid), dim, num_classes)), "b": jnp.zeros((len(grid), num_classes))}
+  params = jax.device_put(params, replicated)
+  opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+
+  def logits_of(p, x):
+    x = (x - mean) * inv_std
+    return jnp.einsum("nd,gdc->gnc", x, p["w"]) + p["b"][:, None]
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=replicated)
+  def train_step(p, state, x, y):
+    def loss_fn(p):
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits_of(p, x), y[None]).mean(1)
+      return jnp.sum(ce + 0.5 * l2 * jnp.sum(p["w"] ** 2, axis=(1, 2)))
+    updates, state = optimizer.update(jax.grad(loss_fn)(p), state, p)
+    return optax.apply_updates(p, updates), state
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def correct(p, x, y, m):
+    return jnp.sum((jnp.argmax(logits_of(p, x), -1) == y[None]) & m[None], axis=1)
+
+  def score(p, source):
+    hits = 0
+    for x, y, m in source.ordered(key, local_batch, process_index=index, process_count=count):
+      hits = hits + sharding.fetch(correct(p, *(sharding.to_device_rows(a, mesh)
+                                                for a in (x, y, m))))
+    return np.asarray(hits) / source.count
+
+  best, epoch, steps, out_of_time = None, 0, 0, False
+  for epoch in range(1, epochs + 1):
+    for x, y, _ in train.shuffled(key, local_batch, seed=seed * 100_003 + epoch,
+                                  process_index=index, process_count=count):
+      params, opt_state = train_step(params, opt_state, sharding.to_device_rows(x, mesh),
+                                     sharding.to_device_rows(y, mesh))
+      steps += 1
+      if steps % 32 == 0:  # a bounded queue: thousands of queued collectives can stall on CPU
+        jax.block_until_ready(params)
+      if max_seconds is not None and time.perf_counter() - start_time > max_seconds:
+        out_of_time = True
+        break
+    if (has_val and early_stopping) or epoch == epochs or out_of_time:
+      scores = score(params, val) if has_val else np.zeros(len(grid))
+      for g in range(len(grid)):  # strongest first: ties go to the weaker regulariser
+        if best is None or scores[g] >= best[0]:
+          best = (float(scores[g]), float(grid[g]), epoch,
+                  jax.tree.map(lambda a, g=g: a[g:g + 1], params))
+    if out_of_time:
+      break
+  val_score, l2_best, best_epoch, chosen = best
+  out = {"l2": l2_best, "epochs": epoch, "best_epoch": best_epoch}
+  if has_val:
+    out["val"] = val_score
+  if test is not None and test.count:
+    out["test"] = float(score(chosen, test)[0])
+  out["seconds"] = time.perf_counter() - start_time
   return out

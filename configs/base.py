@@ -28,7 +28,10 @@ def _base():
   c.eval_every = 0               # in-training evaluation to eval.jsonl (0 = off)
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=256,
-      train_examples=ml_collections.FieldReference(50_000, field_type=int),  # probe/k-NN bank
+      # The in-training evaluation's budget: the first examples of the train split (probe and
+      # k-NN bank) and of the test split; `evaluate` uses whole splits unless told otherwise.
+      train_examples=ml_collections.FieldReference(50_000, field_type=int),
+      test_examples=ml_collections.FieldReference(10_000, field_type=int),
       # >0: before each evaluation, re-estimate E's BN statistics (D's for d_features) as the
       # average batch moments of this many full train batches; 0 uses the running statistics.
       encoder_stats_batches=0,

@@ -55,7 +55,8 @@ def get_config(arg=None):
   # Before each evaluation E's (D's, for d_features) BN statistics are re-estimated on the
   # training digits, as the BiGAN code's "deploy" pass did (16 batches: all 7 full ones).
   c.eval.update(batch_size=500, best_metric="nn1_train_val", best_mode="max",
-                encoder_stats_batches=16, train_examples=None)
+                encoder_stats_batches=16, train_examples=None,
+                test_examples=None)
   c.evals = config_lib.evals("knn", "bigan_nn1")
   # Latent regressor: GAN steps before E is fit (the rest of `total_steps` trains E alone).
   c.baseline = ml_collections.ConfigDict(dict(gan_steps=4500))

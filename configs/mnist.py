@@ -42,7 +42,7 @@ def get_config(arg=None):
   c.ema.update(decay=0.995, start_step=0)
   c.log_every = 50
   c.eval_every = 0  # `python -m bigbigan_jax.evaluate` after the run (or e.g. 300 to track it)
-  c.eval.update(batch_size=250, train_examples=None)
+  c.eval.update(batch_size=250, train_examples=None, test_examples=None)
   c.evals.recon_labels.every = None  # also: is G(E(x)) still x's digit?
   for name in ("fid", "is"):
     c.evals[name].num_samples = 1000

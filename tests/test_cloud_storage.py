@@ -3,7 +3,7 @@
   - a 2-process run writes its checkpoints, metrics, TensorBoard events and image grids to the
     bucket; SIGKILL of both processes and the same command again resume from the bucket and end
     bitwise equal to a straight 2-process run;
-  - `load`, `evaluate` and `extract --out=gs://...` work on the bucket run;
+  - `load`, `evaluate` and `extract --out=gs://...` (feature shards) work on the bucket run;
   - the path helpers (whole-object writes, JSON lines, moving a directory) work on the bucket;
   - storage that does not answer is a one-line error naming the path, not minutes of retries.
 """
@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from bigbigan_jax import feature_store
 from bigbigan_jax import paths
 from cli_helpers import REPO, env_for, main_command, state_arrays
 from gcs_emulator import Emulator, client_env, free_port
@@ -121,7 +122,7 @@ def test_load_evaluate_and_extract_read_the_bucket_run(bucket_runs, emulator, mn
   assert model.encode(x)["z_mean"].shape == (3, model.z_dim)
 
   env = {**env_for(1), **emulator.env}
-  out = f"gs://{BUCKET}/features/test.npz"
+  out = f"gs://{BUCKET}/features"
   for module, flags in (("extract", ["--split=test", f"--out={out}"]),
                         ("evaluate", ["--metrics=knn,recon"])):
     result = subprocess.run(
@@ -129,9 +130,8 @@ def test_load_evaluate_and_extract_read_the_bucket_run(bucket_runs, emulator, mn
          f"--data_dir={mnist_data_dir}", *flags], env=env, cwd=REPO, capture_output=True,
         text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-  import io  # pylint: disable=g-import-not-at-top
-  with np.load(io.BytesIO(paths.path(out).read_bytes())) as features:
-    assert features["z_mean"].shape == (1000, model.z_dim) and len(features["labels"]) == 1000
+  features = feature_store.load(f"{out}/test")
+  assert features["z_mean"].shape == (1000, model.z_dim) and len(features["labels"]) == 1000
   record = paths.read_jsonl(f"{bucket_runs['run']}/eval.jsonl")[-1]
   assert record["step"] == 4 and 0.0 < record["nn1_test"] <= 1.0 and "recon_mse_test" in record
 

@@ -24,6 +24,7 @@ import scipy.linalg
 from bigbigan_jax import checkpoint
 from bigbigan_jax import config_lib
 from bigbigan_jax import evaluators
+from bigbigan_jax import feature_store
 from bigbigan_jax import inference
 from bigbigan_jax import metrics
 from bigbigan_jax import models
@@ -200,19 +201,85 @@ def _run_cli(module, *flags):
 
 
 @pytest.mark.slow
-def test_extract_cli_writes_features_of_a_split(run_dir, tmp_path):
-  out = str(tmp_path / "train_val.npz")
-  _run_cli("bigbigan_jax.extract", f"--workdir={run_dir}", "--split=train_val", f"--out={out}",
-           "--batch_size=64")
-  features = np.load(out)
+def test_extract_cli_writes_shards_and_resumes_a_killed_extraction(run_dir, tmp_path):
+  flags = (f"--workdir={run_dir}", "--split=train_val,test", "--batch_size=64",
+           "--shard_examples=128")
+  _run_cli("bigbigan_jax.extract", *flags, f"--out={tmp_path / 'a'}")
+  features = feature_store.load(tmp_path / "a" / "train_val")
   config = inference.load_config(run_dir)
   n = config.data.train_val_size  # 500: not a multiple of 64, so the padding was dropped
-  assert set(features.files) == {"avepool_feat", "bn_crelu_feat", "z_mean", "labels"}
+  assert set(features) == {"avepool_feat", "bn_crelu_feat", "z_mean", "labels"}
   width = features["avepool_feat"].shape[1]
   assert features["avepool_feat"].shape == (n, width)
   assert features["bn_crelu_feat"].shape == (n, 2 * width)
   assert features["z_mean"].shape == (n, config.model.z_dim)
   assert features["labels"].shape == (n,) and set(np.unique(features["labels"])) == set(range(10))
+  assert len(feature_store.read_index(tmp_path / "a" / "test")["shards"]) == 8  # 1000 / 128
+  # A kill leaves some shards and no index; the rerun writes only the missing ones.
+  test_dir = tmp_path / "a" / "test"
+  (test_dir / feature_store.INDEX).unlink()
+  kept = {name: (test_dir / name).stat().st_mtime_ns for name in ("shard-00000.npz",
+                                                                   "shard-00005.npz")}
+  for name in os.listdir(test_dir):
+    if name.startswith("shard-") and name not in kept:
+      os.remove(test_dir / name)
+  result = _run_cli("bigbigan_jax.extract", *flags[:1], "--split=test", *flags[2:],
+                    f"--out={tmp_path / 'a'}")
+  assert "Resuming: 2 of 8 shards" in result.stdout
+  assert all((test_dir / name).stat().st_mtime_ns == t for name, t in kept.items())
+  _run_cli("bigbigan_jax.extract", *flags[:1], "--split=test", *flags[2:],
+           f"--out={tmp_path / 'b'}")
+  resumed, straight = (feature_store.load(tmp_path / d / "test") for d in "ab")
+  for key in straight:
+    np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+  # Other weights into the same directory: one line, nothing written.
+  result = subprocess.run([sys.executable, "-m", "bigbigan_jax.extract", *flags[:1],
+                           "--split=test", "--noema", f"--out={tmp_path / 'b'}"],
+                          env=env_for(1), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+      f"error: {tmp_path / 'b' / 'test'} holds features with weights='ema', not 'raw': pass a "
+      "new --out, or delete it to start over"]
+
+
+@pytest.mark.slow
+@pytest.mark.alone
+def test_extract_on_2_processes_of_4_devices_equals_1_process(run_dir, tmp_path):
+  flags = [sys.executable, "-m", "bigbigan_jax.extract", f"--workdir={run_dir}", "--split=test",
+           "--batch_size=64", "--shard_examples=128"]
+  _run_cli(*flags[2:], f"--out={tmp_path / 'one'}")
+  port = 20000 + os.getpid() % 20000
+  procs = [subprocess.Popen(flags + [f"--out={tmp_path / 'two'}",
+                                     f"--coordinator_address=127.0.0.1:{port}",
+                                     "--num_processes=2", f"--process_id={i}"],
+                            env=env_for(4), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  one, two = (feature_store.load(tmp_path / d / "test") for d in ("one", "two"))
+  for key in one:
+    np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  np.testing.assert_array_equal(two["labels"], one["labels"])
+
+
+@pytest.mark.slow
+def test_probe_cli_on_extracted_shards_matches_evaluate(run_dir, tmp_path):
+  _run_cli("bigbigan_jax.extract", f"--workdir={run_dir}", "--split=train,train_val,test",
+           f"--out={tmp_path}")
+  result = _run_cli("bigbigan_jax.probe", f"--features={tmp_path}")
+  probed = json.loads(result.stdout.strip().splitlines()[-1])
+  evaluated = json.loads(_run_cli("bigbigan_jax.evaluate", f"--workdir={run_dir}",
+                                  "--metrics=linear_probe,knn", "--noencoder_standing_stats"
+                                  ).stdout.strip().splitlines()[-1])
+  for key in ("nn1_test", "knn5_cosine_test", "nn1_train_val"):
+    assert probed[key] == evaluated[key], key
+  for key in ("linear_probe_avepool_test", "linear_probe_bn_crelu_test"):
+    assert abs(probed[key] - evaluated[key]) < 1e-6, key
+  minibatch = json.loads(_run_cli("bigbigan_jax.probe", f"--features={tmp_path}",
+                                  "--method=minibatch", "--metrics=linear_probe"
+                                  ).stdout.strip().splitlines()[-1])
+  for key in ("linear_probe_avepool_test", "linear_probe_bn_crelu_test"):
+    assert abs(minibatch[key] - evaluated[key]) <= 0.01, (key, minibatch, evaluated)
 
 
 @pytest.mark.slow

@@ -93,9 +93,9 @@ class Suite:
     out = {"step": model.step}
     # G-only evaluators (FID/IS) first: only the feature network changes below.
     context = common.Context(model, self.data, {}, PROBE_NAMES)
-    for e in chosen.values():
+    for name, e in chosen.items():
       if not (e.needs_encoder or e.needs_features):
-        out.update(e.run(context))
+        out.update(_timed(name, e, context))
     representation = {n: e for n, e in chosen.items() if e.needs_encoder or e.needs_features}
     runnable = {n: e for n, e in representation.items() if e.applies(model, self.data)}
     skipped = [n for n in representation if n not in runnable]
@@ -107,11 +107,13 @@ class Suite:
       for e in runnable.values():
         for split, extras in e.requires(model, self.data).items():
           needed.setdefault(split, set()).update(extras)
+      features_start = time.perf_counter()
       features = {split: self.data.features(model, split, extras)
                   for split, extras in sorted(needed.items())}
+      out["seconds/features"] = time.perf_counter() - features_start
       context = common.Context(model, self.data, features, PROBE_NAMES)
-      for e in runnable.values():
-        out.update(e.run(context))
+      for name, e in runnable.items():
+        out.update(_timed(name, e, context))
     if skipped:
       reason = ("no encoder (GAN mode)" if not model.has_features
                 else "the dataset has no class labels" if not self.data.labelled
@@ -138,7 +140,16 @@ class Suite:
     return out
 
 
+def _timed(name, evaluator, context) -> dict:
+  """The evaluator's results plus 'seconds/<name>', the time it took."""
+  start = time.perf_counter()
+  out = evaluator.run(context)
+  out[f"seconds/{name}"] = time.perf_counter() - start
+  return out
+
+
 def from_config(config, names=None, *, data_config=None, train_examples="config",
+                test_examples="config",
                 encoder_stats_batches=None, progress=False, cache=True, reference_dir=None,
                 inception=None, fid_options=None) -> Suite:
   """The Suite of `config.evals` (only `names` if given, else the enabled ones).
@@ -146,6 +157,7 @@ def from_config(config, names=None, *, data_config=None, train_examples="config"
   Args:
     data_config: the dataset to evaluate on (default: the run's `config.data`).
     train_examples: probe/k-NN bank size (default: `config.eval.train_examples`).
+    test_examples: test examples the evaluators use (default: `config.eval.test_examples`).
     encoder_stats_batches: default `config.eval.encoder_stats_batches`.
     reference_dir: where FID/IS cache the real split's statistics.
     inception: an `inception.Inception` or a weights path, for every FID/IS evaluator.
@@ -173,6 +185,8 @@ def from_config(config, names=None, *, data_config=None, train_examples="config"
   data = common.Data(config.data if data_config is None else data_config,
                      train_examples=(config.eval.train_examples if train_examples == "config"
                                      else train_examples),
+                     test_examples=(config.eval.test_examples if test_examples == "config"
+                                    else test_examples),
                      progress=progress, cache=cache)
   if encoder_stats_batches is None:
     encoder_stats_batches = config.eval.encoder_stats_batches

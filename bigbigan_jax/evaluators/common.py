@@ -21,7 +21,9 @@ CACHE_BYTES = 1 << 30
 
 
 def progress_bar(iterable, total, description):
-  """A tqdm bar on stderr on process 0 (tqdm ships with TFDS); plain iteration elsewhere."""
+  """A tqdm bar on stderr on process 0 (tqdm ships with TFDS); plain iteration elsewhere.
+
+  With `iterable=None`, a bar to `update` by hand, or None where there is none."""
   if jax.process_index() != 0:
     return iterable
   try:
@@ -32,18 +34,20 @@ def progress_bar(iterable, total, description):
                    leave=False, mininterval=1.0)
 
 
-def split_batches(model, data_config, split, *, limit=None):
+def split_batches(model, data_config, split, *, limit=None, start=0, stop=None):
   """Yields this process's rows of global batches {'image', 'label', 'mask'} of `split`.
 
   Images are center-cropped at E's resolution and converted to the model's channels. With
-  `limit`, only the first `limit` examples of the split (in its fixed order) are kept.
+  `limit`, only the first `limit` examples of the split (in its fixed order) are kept; with
+  `start`/`stop`, only the examples [start, stop).
   """
   b = model.batch_size
   # A mesh of this process's devices encodes everything here; a global one shares the work.
   index, processes = (jax.process_index(), jax.process_count()) if model.multihost else (0, 1)
   batches = input_pipeline.eval_batches(data_config, split, image_size=model.image_size,
                                         batch_size=b, channels=model.image_channels,
-                                        process_index=index, process_count=processes)
+                                        process_index=index, process_count=processes,
+                                        start=start, stop=stop)
   num_batches = None if limit is None else math.ceil(limit / b)
   local = b // processes
   for k, batch in enumerate(batches):
@@ -100,8 +104,10 @@ class Data:
   """One dataset's splits for evaluation; keeps small splits' images in host memory between
   evaluations (`cache`) and per-run results that depend on the data alone (`memo`)."""
 
-  def __init__(self, data_config, *, train_examples=None, progress=False, cache=True):
-    self.config, self.train_examples, self.progress = data_config, train_examples, progress
+  def __init__(self, data_config, *, train_examples=None, test_examples=None, progress=False,
+               cache=True):
+    self.config, self.progress = data_config, progress
+    self.limits = {"train": train_examples, "test": test_examples}
     info = input_pipeline.dataset_info(data_config)
     self.num_classes, self.counts = info.num_classes, info.num_examples
     self.labelled = self.num_classes is not None and self.num_classes > 1
@@ -116,11 +122,10 @@ class Data:
   def count(self, name) -> int:
     """Examples of split `name` that the evaluation uses."""
     count = self.counts.get(self.splits[name], 0)
-    return count if name != "train" or self.train_examples is None else min(
-        count, self.train_examples)
+    return count if self._limit(name) is None else min(count, self._limit(name))
 
   def _limit(self, name):
-    return self.train_examples if name == "train" else None
+    return self.limits.get(name)
 
   def batches(self, model, name):
     """The split's batches (`split_batches`), from the cache where it holds them."""

@@ -2,33 +2,42 @@
 
 The train split (minus train_val) is the bank; knn{1,5}_{euclidean,cosine}_test on the first
 probe feature (avepool_feat), nn1_test = knn1_euclidean_test, and nn1_train_val (the same 1-NN on
-train_val, for model selection).
+train_val, for model selection). Exact: the bank is sharded over the devices and the queries go
+in chunks (`metrics.sharded_knn_accuracy`).
 """
 
+from bigbigan_jax import feature_store
 from bigbigan_jax import metrics as metrics_lib
 from bigbigan_jax.evaluators import common
 
 KS = (1, 5)
 
 
-def nn1(features, key, query_split, num_classes) -> float:
+def as_source(split) -> feature_store.Source:
+  """A split's features: a `feature_store.Source` as it is, or {key: [N, D]} arrays."""
+  return split if isinstance(split, feature_store.Source) else feature_store.Source.from_arrays(
+      split)
+
+
+def nn1(features, key, query_split, num_classes, mesh=None) -> float:
   """Euclidean 1-NN accuracy of split `query_split` against the train bank on feature `key`."""
-  tr, q = features["train"], features[query_split]
-  return metrics_lib.knn_accuracy(tr[key], tr["labels"], q[key], q["labels"], ks=(1,),
-                                  metric="euclidean", num_classes=num_classes)[1]
+  return metrics_lib.sharded_knn_accuracy(
+      as_source(features["train"]), as_source(features[query_split]), key, ks=(1,),
+      metric="euclidean", num_classes=num_classes, mesh=mesh)[1]
 
 
-def knn_metrics(features, key, num_classes) -> dict:
-  tr, te = features["train"], features["test"]
+def knn_metrics(features, key, num_classes, mesh=None) -> dict:
+  """The k-NN results on per-split features ({key: arrays} or `feature_store.Source`s)."""
+  bank, test = as_source(features["train"]), as_source(features["test"])
   out = {}
   for metric in ("euclidean", "cosine"):
-    accuracy = metrics_lib.knn_accuracy(tr[key], tr["labels"], te[key], te["labels"], ks=KS,
-                                        metric=metric, num_classes=num_classes)
+    accuracy = metrics_lib.sharded_knn_accuracy(bank, test, key, ks=KS, metric=metric,
+                                                num_classes=num_classes, mesh=mesh)
     for k, value in accuracy.items():
       out[f"knn{k}_{metric}_test"] = value
   out["nn1_test"] = out["knn1_euclidean_test"]
   if "train_val" in features:
-    out["nn1_train_val"] = nn1(features, key, "train_val", num_classes)
+    out["nn1_train_val"] = nn1(features, key, "train_val", num_classes, mesh)
   return out
 
 
