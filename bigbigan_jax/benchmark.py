@@ -14,6 +14,10 @@ models can be sized on a CPU. An iteration is `d_steps` D updates plus one E/G u
 trip count (the RevNet stem and the reversible backward are loops); `dot_conv_flops_per_iter`
 counts the matmuls and convolutions of the traced program with each loop body times its trip
 count (recomputation included). TFLOP/s and MFU use the larger of the two.
+
+`peak_bytes` is the device allocator's peak (`memory_stats()["peak_bytes_in_use"]`) over the whole
+measurement, weights included (null with `--compile_only`), and `bytes_limit` what the allocator
+may hold; both null where the platform keeps no statistics (CPU).
 """
 
 import json
@@ -45,11 +49,13 @@ flags.DEFINE_float("peak_tflops", None, "Peak dense TFLOP/s of one device (for M
 flags.DEFINE_enum("component", "all", ["all", "encoder"],
                   "'encoder': E's forward + backward alone (e.g. for the RevNet memory saving).")
 flags.DEFINE_bool("input_only", False, "Measure the input pipeline alone (img/s on this host).")
+flags.DEFINE_bool("halves", True, "Also time the D and E/G halves (each compiled on its own).")
 cli.define_config_flag()
 flags.adopt_module_key_flags(cli)  # --config in --help
 
 # Peak dense bf16 TFLOP/s per device, by substrings of `device_kind`.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0,
                "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0}
 
 
@@ -187,6 +193,10 @@ def benchmark_step(config) -> dict:
     return m
 
   result["iter_s"] = _median_time(iteration, FLAGS.steps)
+  result["img_per_s"] = batch / result["iter_s"]
+  result["img_per_s_per_device"] = result["img_per_s"] / jax.device_count()
+  if not FLAGS.halves:
+    return result
   parts = trainers.get_trainer(config.trainer).make_step(networks, optimizers, config, mesh)
   key = jax.random.key(0)
   rep = sharding.replicated(mesh)
@@ -203,8 +213,6 @@ def benchmark_step(config) -> dict:
       return m
 
     result[f"{name.split('_')[0]}_step_s"] = _median_time(run_half, FLAGS.steps)
-  result["img_per_s"] = batch / result["iter_s"]
-  result["img_per_s_per_device"] = result["img_per_s"] / jax.device_count()
   return result
 
 
@@ -243,6 +251,10 @@ def main(argv):
     else:
       result.setdefault("tflops_achieved", None)
       result.setdefault("mfu", None)
+  memory = jax.local_devices()[0].memory_stats() or {}
+  measured = not (FLAGS.compile_only or FLAGS.input_only)
+  result["peak_bytes"] = memory.get("peak_bytes_in_use") if measured else None
+  result["bytes_limit"] = memory.get("bytes_limit")
   print(json.dumps(result))
 
 

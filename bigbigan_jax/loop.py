@@ -193,11 +193,14 @@ def _check_finite(step: int, metrics, last_saved):
       f"saved from it and {where}; lower the learning rates or set config.skip_nonfinite=True")
 
 
-def _truncate_metrics(path, last_step: int):
-  """On resume, drops metric lines logged after the checkpoint we resume from."""
-  if path.exists():
-    kept = [r for r in paths.read_jsonl(path) if r["step"] <= last_step]
-    paths.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+def _truncate_metrics(path, last_step: int) -> float:
+  """On resume, drops metric lines logged after the checkpoint we resume from; returns the last
+  kept line's `elapsed_s` (0 if none), from which this run's clock continues."""
+  if not path.exists():
+    return 0.0
+  kept = [r for r in paths.read_jsonl(path) if r["step"] <= last_step]
+  paths.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+  return float(kept[-1].get("elapsed_s", 0.0)) if kept else 0.0
 
 
 class TensorBoard:
@@ -246,6 +249,7 @@ class JsonLines:
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir` (a local or gs:// path), resuming from its newest checkpoint
   if there is one."""
+  started = time.perf_counter()
   preemption = PreemptionWatch()  # first: a SIGTERM during start-up also stops cleanly
   validation.validate(config, num_devices=jax.device_count())
   mesh, networks, optimizers, step_fn = trainers.setup(config)
@@ -266,7 +270,8 @@ def train_and_evaluate(config, workdir):
                            f"{e.strerror or e}): pass a directory you can write to") from None
   held = _take_lease(workdir, is_main)
   try:
-    return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held)
+    return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held,
+                  started)
   finally:
     if held is not None:
       held.release()
@@ -290,9 +295,9 @@ def _take_lease(workdir, is_main):
   return held
 
 
-def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held):
+def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held, started):
   """`train_and_evaluate` once the workdir is usable and this run holds its lease (`held`, on
-  process 0)."""
+  process 0); `started`: its `time.perf_counter()` at the start."""
   is_main = jax.process_index() == 0
   tensorboard = TensorBoard(workdir, is_main)
   writer = tensorboard.writer
@@ -302,6 +307,9 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
       seed=config.seed, channels=networks.image_channels, as_uint8=True)
 
   metrics_path = workdir / "metrics.jsonl"
+  # `elapsed_s` in metrics.jsonl and eval.jsonl: wall-clock seconds of training since the run
+  # first started (start-up and compilation included), continued across resumes.
+  resumed_elapsed = 0.0
   if ckpt.latest_step() is not None:
     abstract = checkpoint.with_shardings(common.abstract_state(networks, optimizers, config),
                                          sharding.replicated(mesh))
@@ -310,7 +318,7 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
     logging.info("Resumed from step %d.", start)
     print(f"Resumed from the checkpoint at step {start} in {ckpt.directory}", flush=True)
     if is_main:
-      _truncate_metrics(metrics_path, start)
+      resumed_elapsed = _truncate_metrics(metrics_path, start)
   else:
     state, start = common.fresh_state(networks, optimizers, config, mesh), 0
   total = config.total_steps
@@ -375,6 +383,7 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
     if step % config.log_every == 0 or step == total:
       values = {k: float(sharding.fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
       values.update(timer.report(step))
+      values["elapsed_s"] = resumed_elapsed + time.perf_counter() - started
       if first:
         values["compile_s"] = compile_s
       writer.write_scalars(step, values)
@@ -390,12 +399,14 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
     if step % config.image_every == 0 or step == total:
       previews.write(step, state, writer, workdir)
     if due:
+      elapsed_s = resumed_elapsed + time.perf_counter() - started
       results = suite(evaluation_model.with_state(state, use_ema=True), due)
       results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
       writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
       if is_main:
         weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
-        paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights}])
+        paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights,
+                                        "elapsed_s": elapsed_s}])
       best.update(step, results, state, train_iter.get_state(), config)
     if step % config.checkpoint_every == 0 or step == total or preempted:
       if held is not None:
