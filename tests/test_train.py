@@ -22,7 +22,7 @@ def test_main_run_writes_checkpoints_metrics_and_images(straight_run):
   for line in lines:
     assert np.isfinite(line["d_loss"]) and np.isfinite(line["eg_loss"])
     assert {"s_x_enc", "s_x_gen", "s_z_enc", "s_xz_gen", "steps_per_s", "img_per_s",
-            "eta_s"} <= set(line)
+            "eta_s", "elapsed_s"} <= set(line)
   assert sorted(os.listdir(os.path.join(straight_run, "checkpoints")), key=int)[-1] == "4"
   pngs = sorted(os.listdir(os.path.join(straight_run, "images")))
   assert "samples_0000004.png" in pngs and "reconstructions_0000004.png" in pngs
@@ -38,6 +38,8 @@ def test_resume_equals_straight_run_bitwise(straight_run, tmp_path, mnist_data_d
   result = run_main(workdir, mnist_data_dir)  # the same command again: resumes to total_steps=4
   assert "Resumed from the checkpoint at step 2" in result.stdout
   assert [l["step"] for l in metrics(workdir)] == [1, 2, 3, 4]
+  elapsed = [l["elapsed_s"] for l in metrics(workdir)]  # the clock goes on across the restart
+  assert elapsed == sorted(elapsed) and elapsed[2] > elapsed[1]
   resumed, straight = state_arrays(workdir, 4), state_arrays(straight_run, 4)
   assert resumed.keys() == straight.keys()
   for key in straight:
