@@ -64,8 +64,9 @@ def extract(model, data_config, split, out, *, weights, shard_examples=None) -> 
     raise UserError(f"split {split!r} is empty: pick another --split")
   shapes = feature_shapes(model)
   bytes_per_example = sum(4 * math.prod(s) for s in shapes.values())
-  shard_examples = shard_examples or feature_store.shard_examples_for(bytes_per_example,
-                                                                      model.batch_size)
+  # A rerun keeps the shards it started with (whatever --batch_size says now).
+  shard_examples = (shard_examples or feature_store.planned(out).get("shard_examples")
+                    or feature_store.shard_examples_for(bytes_per_example, model.batch_size))
   if shard_examples <= 0:
     raise UserError(f"--shard_examples={shard_examples}: use a positive number of examples")
   plan = {"step": model.step, "weights": weights, "dataset": data_config.dataset,

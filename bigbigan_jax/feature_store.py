@@ -69,17 +69,22 @@ def existing_shards(out) -> set:
           if p.name.startswith("shard-") and p.name.endswith(".npz")}
 
 
+def planned(out) -> dict:
+  """The plan an earlier extraction into `out` recorded ({} if none)."""
+  p = paths.path(out) / PLAN
+  return json.loads(p.read_text()) if p.exists() else {}
+
+
 def check_plan(out, plan: dict):
   """Records what `out` holds on its first use; a rerun must extract the same thing."""
-  p = paths.path(out) / PLAN
-  if p.exists():
-    old = json.loads(p.read_text())
+  old = planned(out)
+  if old:
     if old != plan:
       diff = next(k for k in sorted(set(plan) | set(old)) if old.get(k) != plan.get(k))
       raise UserError(f"{out} holds features with {diff}={old.get(diff)!r}, not "
                       f"{plan.get(diff)!r}: pass a new --out, or delete it to start over")
   else:
-    paths.write_text(p, json.dumps(plan, indent=1))
+    paths.write_text(paths.path(out) / PLAN, json.dumps(plan, indent=1))
 
 
 def write_index(out, plan: dict, shards: list):

@@ -41,7 +41,9 @@ def define_flags():
   flags.DEFINE_enum("method", "auto", linear_probe.METHODS,
                     "Probe solver: L-BFGS in memory, minibatch Adam streaming, or auto (L-BFGS "
                     "while the train features fit in 1 GiB).")
-  flags.DEFINE_integer("epochs", 10, "Minibatch probe: epochs (at least 1,500 steps).")
+  flags.DEFINE_integer("epochs", 10, "Minibatch probe: epochs (more if that is fewer than "
+                       "--min_steps steps).")
+  flags.DEFINE_integer("min_steps", 1500, "Minibatch probe: the fewest training steps.")
   flags.DEFINE_integer("batch_size", 1024, "Minibatch probe: global batch size.")
   flags.DEFINE_float("learning_rate", 1e-2, "Minibatch probe: Adam's peak learning rate.")
   flags.DEFINE_string("workdir", None, "Append the result to WORKDIR/eval.jsonl.")
@@ -85,6 +87,7 @@ def main(argv):
   result = run(FLAGS.features, metrics=FLAGS.metrics, train_split=FLAGS.train_split,
                val_split=FLAGS.val_split, test_split=FLAGS.test_split,
                mesh=sharding.make_mesh(), method=FLAGS.method, epochs=FLAGS.epochs,
+               min_steps=FLAGS.min_steps,
                batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate)
   if jax.process_index() == 0:
     if FLAGS.workdir:

@@ -234,7 +234,7 @@ def test_extract_cli_writes_shards_and_resumes_a_killed_extraction(run_dir, tmp_
     np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
   # Other weights into the same directory: one line, nothing written.
   result = subprocess.run([sys.executable, "-m", "bigbigan_jax.extract", *flags[:1],
-                           "--split=test", "--noema", f"--out={tmp_path / 'b'}"],
+                           "--split=test", *flags[2:], "--noema", f"--out={tmp_path / 'b'}"],
                           env=env_for(1), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 2 and result.stderr.strip().splitlines() == [
       f"error: {tmp_path / 'b' / 'test'} holds features with weights='ema', not 'raw': pass a "
