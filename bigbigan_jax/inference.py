@@ -326,12 +326,17 @@ class BigBiGAN:
     images = self._check_images(images, (self.image_size,), "encode")
     return self.batched(self._encode, images, rng=jax.random.key(seed))
 
-  def generate(self, z) -> np.ndarray:
-    """G(z): [N, z_dim] latents -> [N, H, W, C] images in [-1, 1] at G's resolution."""
+  def generate(self, z, upsampled: bool = False) -> np.ndarray:
+    """G(z): [N, z_dim] latents -> [N, H, W, C] images in [-1, 1] at G's resolution.
+
+    `upsampled=True`: at twice G's resolution, every pixel repeated 2 x 2 (nearest neighbour),
+    as the hub modules' `upsampled` output (256 px for the 128 px generator).
+    """
     z = np.asarray(z, np.float32)
     if z.ndim != 2 or z.shape[1] != self.z_dim:
       raise UserError(f"generate expects z of shape [N, {self.z_dim}], got {z.shape}")
-    return self.batched(self._generate, z)
+    images = self.batched(self._generate, z)
+    return images.repeat(2, axis=1).repeat(2, axis=2) if upsampled else images
 
   def reconstruct(self, images) -> np.ndarray:
     """G(E(x)) from z_mean, at G's resolution."""

@@ -439,3 +439,7 @@ def test_checkpoints_of_the_previous_layout_still_load(run, trainer, evaluations
   assert images.shape == (3, model.generator_resolution, model.generator_resolution,
                           model.image_channels)
   assert np.all(np.abs(images) <= 1.0)
+  # The hub modules' `upsampled` output: twice G's resolution, each pixel 2 x 2.
+  upsampled = model.generate(model.sample_z(3), upsampled=True)
+  assert upsampled.shape == (3, 2 * images.shape[1], 2 * images.shape[2], images.shape[3])
+  np.testing.assert_array_equal(upsampled[:, ::2, 1::2], images)
