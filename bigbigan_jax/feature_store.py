@@ -55,8 +55,9 @@ def write_shard(out, index: int, arrays: dict):
 def read_shard(out, index_or_name, keys=None) -> dict:
   name = index_or_name if isinstance(index_or_name, str) else shard_name(index_or_name)
   p = paths.path(out) / name
-  # A local file is read lazily (only the arrays asked for); a cloud object whole.
-  with np.load(str(p) if paths.is_local(p) else io.BytesIO(p.read_bytes())) as data:
+  # Only the arrays asked for are read: a .npz is a zip, whose members a seekable file (a local
+  # one, or a cloud object opened for reading) gives one by one.
+  with p.open("rb") as f, np.load(f) as data:
     return {k: data[k] for k in (keys or data.files)}
 
 

@@ -35,6 +35,7 @@ from bigbigan_jax.evaluators import pairing
 from bigbigan_jax.evaluators import recon_labels
 from bigbigan_jax.trainers import common
 from cli_helpers import REPO, env_for, run_main
+from gcs_emulator import free_port
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_extract_on_2_processes_of_4_devices_equals_1_process(run_dir, tmp_path)
   flags = [sys.executable, "-m", "bigbigan_jax.extract", f"--workdir={run_dir}", "--split=test",
            "--batch_size=64", "--shard_examples=128"]
   _run_cli(*flags[2:], f"--out={tmp_path / 'one'}")
-  port = 20000 + os.getpid() % 20000
+  port = free_port()
   procs = [subprocess.Popen(flags + [f"--out={tmp_path / 'two'}",
                                      f"--coordinator_address=127.0.0.1:{port}",
                                      "--num_processes=2", f"--process_id={i}"],
@@ -294,6 +295,9 @@ def test_evaluate_cli_prints_and_logs_the_metrics(run_dir):
               "recon_classifier_test"}
   assert required <= set(record), required - set(record)
   assert record["step"] == 2 and record["weights"] == "ema"
+  # How long each part took (the budget's other half: eval.train_examples, eval.test_examples).
+  assert {"seconds/features", "seconds/linear_probe", "seconds/knn", "seconds/recon",
+          "seconds/recon_labels", "eval_seconds"} <= set(record)
   for key in required - {"step", "recon_mse_test"}:
     assert 0.0 <= record[key] <= 1.0, (key, record[key])
   # Even 2 steps of training beat chance (0.1) on 10 digits: the features carry the image.
