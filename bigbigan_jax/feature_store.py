@@ -175,19 +175,23 @@ class Source:
 
   def _batches(self, key, local_batch, shard_order, rng):
     x, y = np.zeros((0, self.dims[key]), np.float32), np.zeros((0,), np.int32)
+    full = np.ones((local_batch,), bool)
     for i in shard_order:
       shard = self._load(i, (key, "labels"))
-      x = np.concatenate([x, np.asarray(shard[key], np.float32)])
-      y = np.concatenate([y, np.asarray(shard["labels"], np.int32)])
-      if rng is not None:
-        order = rng.permutation(len(x))
-        x, y = x[order], y[order]
-      while len(x) >= local_batch * (2 if rng is not None else 1):  # keep some to mix
-        yield x[:local_batch], y[:local_batch], np.ones((local_batch,), bool)
-        x, y = x[local_batch:], y[local_batch:]
-    while len(x) >= local_batch:
-      yield x[:local_batch], y[:local_batch], np.ones((local_batch,), bool)
-      x, y = x[local_batch:], y[local_batch:]
+      x = np.concatenate([x, np.asarray(shard.pop(key), np.float32)])
+      y = np.concatenate([y, np.asarray(shard.pop("labels"), np.int32)])
+      order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+      batches = len(x) // local_batch - (rng is not None)  # shuffling keeps some to mix
+      for b in range(max(batches, 0)):
+        rows = order[b * local_batch:(b + 1) * local_batch]
+        yield x[rows], y[rows], full
+      rest = order[max(batches, 0) * local_batch:]
+      x, y = x[rest], y[rest]
+    for b in range(len(x) // local_batch):
+      rows = slice(b * local_batch, (b + 1) * local_batch)
+      yield x[rows], y[rows], full
+    done = len(x) // local_batch * local_batch
+    x, y = x[done:], y[done:]
     if len(x) and rng is None:
       pad = local_batch - len(x)
       yield (np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad)),
