@@ -9,7 +9,8 @@ probe    writes a synthetic feature set of ROWS x DIM float32 as shards (generat
          reports the child's peak RSS, the probe's time and its accuracy.
 extract  runs `python -m bigbigan_jax.extract` on the run's own (small) test split, then on an
          image folder TIMES larger made of copies of that split's digits, and reports both
-         children's peak RSS, time and throughput.
+         children's peak RSS, time and throughput (--shard_examples: smaller shards than the
+         default ~128 MiB, so that the small model's features span several).
 
 Each result is one JSON line on stdout. Peak RSS is the child's ru_maxrss (os.wait4).
 """
@@ -88,9 +89,11 @@ def probe(args):
 def extract(args):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   features = os.path.join(args.root, "extract")
+  shards = [f"--shard_examples={args.shard_examples}"] if args.shard_examples else []
   shutil.rmtree(features, ignore_errors=True)
   small = measure([sys.executable, "-m", "bigbigan_jax.extract", f"--workdir={args.workdir}",
-                   "--split=test", f"--out={features}/small"], env={"JAX_PLATFORMS": "cpu"})
+                   "--split=test", f"--out={features}/small", *shards],
+                  env={"JAX_PLATFORMS": "cpu"})
   digits = feature_store.load(f"{features}/small/test", keys=["labels"])["labels"]
   # The run's test digits again, `times` times over, as an image folder (one folder per class).
   from bigbigan_jax import inference  # pylint: disable=g-import-not-at-top
@@ -109,12 +112,14 @@ def extract(args):
         Image.fromarray(pixels).save(os.path.join(folder, str(label), f"{copy:03d}_{i:05d}.png"))
     open(os.path.join(folder, "done"), "w").close()
   large = measure([sys.executable, "-m", "bigbigan_jax.extract", f"--workdir={args.workdir}",
-                   "--split=train", f"--dataset=folder:{folder}", f"--out={features}/large"],
+                   "--split=train", f"--dataset=folder:{folder}", f"--out={features}/large",
+                   *shards],
                   env={"JAX_PLATFORMS": "cpu"})
   for name, result, n in (("digits", small, len(digits)),
                           ("folder", large, len(digits) * args.times)):
     result.pop("last_line")
-    print(json.dumps({"check": "extract", "split": name, "examples": n, **result,
+    print(json.dumps({"check": "extract", "split": name, "examples": n,
+                      "shard_examples": args.shard_examples or "default", **result,
                       "examples_per_s": round(n / result["seconds"])}), flush=True)
 
 
@@ -127,6 +132,7 @@ def main():
   parser.add_argument("--epochs", type=int, default=1)
   parser.add_argument("--workdir", help="extract: a training run (e.g. the README demo's).")
   parser.add_argument("--times", type=int, default=20)
+  parser.add_argument("--shard_examples", type=int, help="extract: examples per shard.")
   args = parser.parse_args()
   os.makedirs(args.root, exist_ok=True)
   probe(args) if args.check == "probe" else extract(args)  # pylint: disable=expression-not-assigned
