@@ -102,7 +102,7 @@ def extract(args):
   batches = input_pipeline.eval_batches(config.data, config.data.eval_split, image_size=28,
                                         batch_size=len(digits), channels=1)
   images = next(batches)["image"]
-  folder = os.path.join(args.root, "digits_folder")
+  folder = os.path.join(args.root, f"digits_folder_x{args.times}")
   if not os.path.exists(os.path.join(folder, "done")):
     shutil.rmtree(folder, ignore_errors=True)
     for copy in range(args.times):

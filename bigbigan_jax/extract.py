@@ -18,6 +18,7 @@ and probe them with `python -m bigbigan_jax.probe --features=features`. The data
 the one the run trained on.
 """
 
+import itertools
 import math
 
 from absl import flags
@@ -67,8 +68,9 @@ def extract(model, data_config, split, out, *, weights, shard_examples=None) -> 
   # A rerun keeps the shards it started with (whatever --batch_size says now).
   shard_examples = (shard_examples or feature_store.planned(out).get("shard_examples")
                     or feature_store.shard_examples_for(bytes_per_example, model.batch_size))
-  if shard_examples <= 0:
-    raise UserError(f"--shard_examples={shard_examples}: use a positive number of examples")
+  if shard_examples <= 0 or shard_examples % model.batch_size:
+    raise UserError(f"--shard_examples={shard_examples}: use a positive multiple of the batch "
+                    f"size, {model.batch_size}")
   plan = {"step": model.step, "weights": weights, "dataset": data_config.dataset,
           "split": split, "count": count, "num_classes": info.num_classes,
           "shard_examples": shard_examples, "shapes": shapes}
@@ -83,10 +85,14 @@ def extract(model, data_config, split, out, *, weights, shard_examples=None) -> 
           flush=True)
 
   bar = common.progress_bar(None, total, f"encoding {split}") if total else None
-  for i in mine:
-    start, stop = shards[i]
-    batches = common.split_batches(model, data_config, split, start=start, stop=stop)
-    feature_store.write_shard(out, i, common.extract_features(model, _counted(batches, bar)))
+  # One pipeline over this process's shards: every shard but the split's last fills whole
+  # batches, so a shard is a run of batches.
+  indices = [np.arange(*shards[i]) for i in mine]
+  batches = iter(common.split_batches(model, data_config, split,
+                                      indices=np.concatenate(indices) if mine else []))
+  for i, rows in zip(mine, indices):
+    shard = itertools.islice(batches, math.ceil(len(rows) / model.batch_size))
+    feature_store.write_shard(out, i, common.extract_features(model, _counted(shard, bar)))
   if bar is not None:
     bar.close()
   if jax.process_count() > 1:

@@ -416,10 +416,10 @@ def create_train_iterator(data_config, *, image_size, global_batch_size, seed, c
 
 
 def eval_batches(data_config, split, *, image_size, batch_size, channels=None, process_index=0,
-                 process_count=1, start=0, stop=None):
+                 process_count=1, indices=None):
   """Yields the whole of `split` once, in a fixed order, center-cropped, for evaluation.
 
-  With `start`/`stop`, only the examples [start, stop) of the split, as if they were all of it.
+  With `indices`, only those examples of the split, in that order, as if they were all of it.
 
   `split` is 'train_val', the train split (= train minus train_val) or any other split name.
   batch_size is global: global batch k holds examples [k*B, (k+1)*B), zero-padded at the end, and
@@ -431,10 +431,10 @@ def eval_batches(data_config, split, *, image_size, batch_size, channels=None, p
       batch_size, process_index, process_count)
   opened = _open(data_config)
   examples, count = _split_examples(opened, split)
-  stop = count if stop is None else min(stop, count)
-  if start:
-    examples = examples[start:stop]
-  count = max(0, stop - start)
+  if indices is not None:
+    whole = examples
+    examples = grain.MapDataset.source(np.asarray(indices)).map(lambda i: whole[int(i)])
+    count = len(indices)
   shape = (image_size, image_size, channels or opened.info.num_channels)
   padded = math.ceil(count / batch_size) * batch_size
 

@@ -34,12 +34,12 @@ def progress_bar(iterable, total, description):
                    leave=False, mininterval=1.0)
 
 
-def split_batches(model, data_config, split, *, limit=None, start=0, stop=None):
+def split_batches(model, data_config, split, *, limit=None, indices=None):
   """Yields this process's rows of global batches {'image', 'label', 'mask'} of `split`.
 
   Images are center-cropped at E's resolution and converted to the model's channels. With
   `limit`, only the first `limit` examples of the split (in its fixed order) are kept; with
-  `start`/`stop`, only the examples [start, stop).
+  `indices`, only those examples, in that order.
   """
   b = model.batch_size
   # A mesh of this process's devices encodes everything here; a global one shares the work.
@@ -47,7 +47,7 @@ def split_batches(model, data_config, split, *, limit=None, start=0, stop=None):
   batches = input_pipeline.eval_batches(data_config, split, image_size=model.image_size,
                                         batch_size=b, channels=model.image_channels,
                                         process_index=index, process_count=processes,
-                                        start=start, stop=stop)
+                                        indices=indices)
   num_batches = None if limit is None else math.ceil(limit / b)
   local = b // processes
   for k, batch in enumerate(batches):
