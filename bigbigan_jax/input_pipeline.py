@@ -213,7 +213,11 @@ class _FolderSource:
     # Classes come from every image's folder, so a corrupt file never shifts the labels.
     classes = sorted({p.split("/")[0] for p in paths if "/" in p})
     with concurrent.futures.ThreadPoolExecutor(max(1, int(scan_threads))) as pool:
-      readable = list(pool.map(_is_readable, [root_path / p for p in paths]))
+      # Paths are built one at a time: a million path objects would take gigabytes at once.
+      readable = []
+      for start in range(0, len(paths), 4096):
+        chunk = paths[start:start + 4096]
+        readable += pool.map(lambda p: _is_readable(root_path / p), chunk)
     corrupt = [p for p, ok in zip(paths, readable) if not ok]
     if corrupt and on_corrupt == "error":
       raise UserError(f"{len(corrupt)} unreadable image file(s) under {root!r}, e.g. "
