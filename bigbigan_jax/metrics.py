@@ -172,6 +172,7 @@ def linear_probe(train_x, train_y, val_x, val_y, test_x=None, test_y=None, *,
 # k-nearest neighbours: the bank sharded over the devices, queries in chunks, top-k merged.
 
 
+@functools.lru_cache(maxsize=64)
 def _knn_fn(mesh, k, metric, num_classes):
   """Predictions for a replicated query chunk against a row-sharded bank: each device ranks its
   own rows, the devices' top-k candidates are gathered and ranked again (exact)."""
@@ -241,17 +242,17 @@ def knn_accuracy(bank, bank_labels, queries, query_labels, *, ks: Sequence[int] 
 
 def sharded_knn_accuracy(bank, queries, key, *, ks: Sequence[int] = (1, 5),
                          metric: str = "euclidean", num_classes: int, chunk: int = 1024,
-                         mesh=None) -> dict:
+                         mesh=None, placed=None) -> dict:
   """k-NN top-1 of every query against the bank, both `feature_store.Source`s, exact.
 
   The bank is sharded over the devices of `mesh` (default: this process's); each process reads
-  every query, `chunk` at a time. Returns {k: accuracy}.
+  every query, `chunk` at a time. `placed`: the bank as `shard_bank` put it on `mesh` already
+  (to reuse it for several query sets). Returns {k: accuracy}.
   """
   if metric not in ("euclidean", "cosine"):
     raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
   mesh = mesh or sharding.local_mesh()
-  k_max = max(ks)
-  features, labels, valid = shard_bank(bank, key, mesh, min_rows_per_device=k_max)
+  features, labels, valid = placed or shard_bank(bank, key, mesh, min_rows_per_device=max(ks))
   fns = {k: _knn_fn(mesh, min(k, bank.count), metric, num_classes) for k in ks}
   correct = {k: 0 for k in ks}
   for q, y, mask in queries.ordered(key, chunk):
