@@ -162,7 +162,9 @@ class Checkpointer:
         self._check_bytes(s)
         return load(s), s, skipped
       except Exception as e:  # pylint: disable=broad-except
-        skipped[s] = f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        # TensorStore appends the repr of a bound C++ method: noise in a one-line warning.
+        cause = str(e).splitlines()[0].split(" See full TensorStore details")[0]
+        skipped[s] = f"step {s}: {type(e).__name__}: {cause[:200]}"
         logging.warning("Checkpoint at step %d is unreadable (%s); trying an older one.", s, e)
     raise UserError(f"no readable checkpoint in {self.directory} "
                     f"({'; '.join(skipped.values())}); {fix}")
