@@ -1,4 +1,4 @@
-"""Injected faults: damaged checkpoints, two runs on one workdir, stale leases.
+"""Injected faults: damaged checkpoints, two runs on one workdir, stale leases, a lost peer.
 
 (Preemption, divergence, unreadable steps, bad flags and a changed architecture on resume are in
 tests/test_reliability.py; an unreachable bucket in tests/test_cloud_storage.py.)
@@ -6,7 +6,10 @@ tests/test_reliability.py; an unreachable bucket in tests/test_cloud_storage.py.
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import time
 
@@ -15,8 +18,9 @@ import pytest
 from bigbigan_jax import checkpoint
 from bigbigan_jax import inference
 from bigbigan_jax import lease
+from bigbigan_jax import peers
 from bigbigan_jax.errors import UserError
-from cli_helpers import REPO, env_for, main_command, run_main, state_arrays
+from cli_helpers import REPO, env_for, main_command, metrics, run_main, state_arrays
 
 
 def _flip_a_byte(path):
@@ -120,3 +124,65 @@ def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path):
     held.check()
   held.release()
   assert (tmp_path / lease.NAME).exists()  # the new holder's lease stays
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+# What JAX prints when its coordination service or a failed check aborts a process.
+_ABORT_SIGNS = re.compile(r"Aborted|SIGABRT|Fatal Python error|Traceback|terminate called|"
+                          r"^[FE]\d{4} ", re.MULTILINE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, victim", [(signal.SIGKILL, 0), (signal.SIGSTOP, 1)],
+                         ids=["SIGKILL-process-0", "SIGSTOP-process-1"])
+def test_a_dead_or_frozen_peer_ends_the_other_in_one_line(fault, victim, tmp_path,
+                                                          mnist_data_dir):
+  """2 processes x 2 CPU devices on 127.0.0.1 train; once they do, one is killed (SIGKILL of
+  process 0, which holds the coordination service) or frozen (SIGSTOP of process 1). The other
+  must print one `error: process i of 2 lost contact` line, no abort dump, and exit non-zero
+  within 30 s (the default --heartbeat_timeout_s, 20 s, plus slack for a busy machine)."""
+  workdir = str(tmp_path / "run")
+  port = _free_port()
+  # Both compile cold: with a warm cache only one might skip compilation and wait past gloo's
+  # fixed 30 s rendezvous for the other.
+  env = {**env_for(2), "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  logs = [open(tmp_path / f"process{i}.err", "w+") for i in range(2)]
+  procs = [subprocess.Popen(
+      main_command(workdir, mnist_data_dir, "--config.total_steps=100000",
+                   "--config.image_every=100000", "--config.checkpoint_every=100000",
+                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}"),
+      env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(2)]
+  survivor = procs[1 - victim]
+  try:
+    deadline = time.time() + 900  # cold compilation of two processes on a busy 2-core machine
+    while not (os.path.exists(workdir + "/metrics.jsonl") and len(metrics(workdir)) >= 3):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline, "did not train"
+      time.sleep(0.1)
+    procs[victim].send_signal(fault)
+    struck = time.time()
+    returncode = survivor.wait(timeout=120)
+    took = time.time() - struck
+    err = ""
+    while "error:" not in err and time.time() < struck + took + 10:  # from its stderr filter
+      time.sleep(0.2)
+      logs[1 - victim].seek(0)
+      err = logs[1 - victim].read()
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  print(f"process {1 - victim} exited {took:.2f} s after {fault.name} of process {victim}")
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  # Status 1 from this package; JAX's runtime, where it ends the process first, aborts it.
+  assert returncode in (1, -signal.SIGABRT) and len(lines) == 1, err[-3000:]
+  assert not _ABORT_SIGNS.search(err), err[-3000:]
+  assert f"process {1 - victim} of 2 lost contact with another process of this run" in lines[0]
+  assert "rerun the same command on all hosts to resume from the last complete checkpoint" \
+      in lines[0], lines[0]
+  assert took < 30 and peers.HEARTBEAT_TIMEOUT_S < 30, f"took {took:.1f} s"
