@@ -265,8 +265,13 @@ def train_and_evaluate(config, workdir):
     raise errors.UserError(f"cannot write to --workdir={workdir} ({type(e).__name__}: "
                            f"{e.strerror or e}): pass a directory you can write to") from None
   held = _take_lease(workdir, is_main)
+  checkpoint.silence_disk_full_echoes()
   try:
     return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held)
+  except Exception as e:  # pylint: disable=broad-except
+    if not checkpoint.is_disk_full(e):
+      raise
+    raise checkpoint.disk_full_error(workdir) from None
   finally:
     if held is not None:
       held.release()

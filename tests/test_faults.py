@@ -186,3 +186,46 @@ def test_a_dead_or_frozen_peer_ends_the_other_in_one_line(fault, victim, tmp_pat
   assert "rerun the same command on all hosts to resume from the last complete checkpoint" \
       in lines[0], lines[0]
   assert took < 30 and peers.HEARTBEAT_TIMEOUT_S < 30, f"took {took:.1f} s"
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_in_one_line_and_a_rerun_resumes(tmp_path, mnist_data_dir):
+  """A 6 MB disk holds the saves of steps 2 and 4 (about 2 MB each), not more. The run stops
+  with one line naming the workdir and the space a save needs; the complete saves stay
+  verifiable; once there is room, the same command resumes with one warning line, and of the
+  interrupted saves set aside only the newest is kept."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a small tmpfs here (it needs root): {mounted.stderr.strip()}")
+  try:
+    workdir = disk / "run"
+    flags = ("--config.total_steps=10", "--config.checkpoint_every=2",
+             "--config.image_every=1000")
+    full = subprocess.run(main_command(str(workdir), mnist_data_dir, *flags), env=env_for(1),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 2 and len(lines) == 1, full.stderr[-3000:]
+    assert lines[0].startswith(f"error: no space left on the disk of {workdir}, "), lines[0]
+    assert re.search(r"a checkpoint needs about [1-9][\d.]* MB", lines[0]), lines[0]
+    resume = int(lines[0].rsplit(" ", 1)[1])
+    complete = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                      if p.name.isdigit())
+    assert resume == complete[-1] >= 2
+    for step in complete:
+      assert checkpoint.verify(workdir / "checkpoints" / str(step)) == [], step
+    # An interrupted save set aside by an earlier rerun: only the newest one is kept.
+    older = workdir / "checkpoints_unreadable" / "2.orbax-checkpoint-tmp-7-1000"
+    older.mkdir(parents=True)
+    subprocess.run(["mount", "-o", "remount,size=64M", str(disk)], check=True)  # room again
+    result = run_main(str(workdir), mnist_data_dir, *flags)
+    warnings = [l for l in result.stdout.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and f"resuming from step {resume}" in warnings[0], result.stdout
+    assert not result.stderr.strip(), result.stderr[-3000:]
+    aside = os.listdir(workdir / "checkpoints_unreadable")
+    assert len(aside) == 1 and aside[0].startswith(f"{resume + 2}.orbax-checkpoint-tmp"), aside
+    assert (workdir / "DONE").exists()
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
