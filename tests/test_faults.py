@@ -109,6 +109,32 @@ def test_leases_refuse_a_live_holder_and_take_over_a_stale_one(tmp_path):
   late.release()
 
 
+def test_only_one_of_two_starters_takes_a_stale_lease_over(tmp_path):
+  stale = {"holder": "x", "host": "elsewhere", "pid": 1, "started": 0,
+           "heartbeat": time.time() - 600}
+  (tmp_path / lease.NAME).write_text(json.dumps(stale))
+  # Another starter is taking it over (its marker is fresh): this one stops.
+  (tmp_path / f"{lease.NAME}.takeover").write_text("")
+  with pytest.raises(UserError, match="another run is starting on the same --workdir"):
+    lease.Lease(tmp_path).acquire()
+  assert json.loads((tmp_path / lease.NAME).read_text()) == stale  # untouched
+  # A starter that changed the lease after this one read it wins; this one does not overwrite.
+  (tmp_path / f"{lease.NAME}.takeover").unlink()
+  late = lease.Lease(tmp_path)
+  text = (tmp_path / lease.NAME).read_text()
+  (tmp_path / lease.NAME).write_text(json.dumps({**stale, "holder": "winner"}))
+  assert not late._take_over_local(json.dumps(late.record), text)  # pylint: disable=protected-access
+  assert json.loads((tmp_path / lease.NAME).read_text())["holder"] == "winner"
+  assert not (tmp_path / f"{lease.NAME}.takeover").exists()
+  # A marker left by a starter that died mid-takeover is cleared once it is stale.
+  os.close(os.open(tmp_path / f"{lease.NAME}.takeover", os.O_CREAT | os.O_WRONLY))
+  os.utime(tmp_path / f"{lease.NAME}.takeover", (0, 0))
+  (tmp_path / lease.NAME).write_text(json.dumps(stale))
+  late.acquire()
+  assert json.loads((tmp_path / lease.NAME).read_text())["holder"] == late.record["holder"]
+  late.release()
+
+
 def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path):
   held = lease.Lease(tmp_path, heartbeat_s=0.05)
   held.acquire()
