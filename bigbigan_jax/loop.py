@@ -295,6 +295,22 @@ def _take_lease(workdir, is_main):
   return held
 
 
+def _check_lease(held, workdir):
+  """Raises the UserError of `lease.Lease.check` on every process if another run took over the
+  lease that process 0 holds (`held`): all of them stop before the next (collective) save."""
+  if held is not None and jax.process_count() == 1:
+    held.check()
+    return
+  if jax.process_count() > 1:
+    lost = bool(multihost_utils.broadcast_one_to_all(np.array(
+        held is not None and held.lost is not None)))
+    if held is not None:
+      held.check()
+    if lost:
+      raise errors.UserError(f"another run took over the lease of {workdir} (process 0 says "
+                             "which): stopping; both runs must not write the same --workdir")
+
+
 def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held):
   """`train_and_evaluate` once the workdir is usable and this run holds its lease (`held`, on
   process 0)."""
@@ -403,8 +419,7 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
         paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights}])
       best.update(step, results, state, train_iter.get_state(), config)
     if step % config.checkpoint_every == 0 or step == total or preempted:
-      if held is not None:
-        held.check()  # never save over a run that took the workdir over
+      _check_lease(held, workdir)  # never save over a run that took the workdir over
       ckpt.save(step, state, train_iter.get_state(), config)
       last_saved = step
       if metrics_file:
