@@ -9,9 +9,11 @@ from the newest complete step (tested in tests/test_reliability.py).
 """
 
 import collections
+import errno
 import hashlib
 import json
 import re
+import shutil
 import time
 
 from absl import logging
@@ -62,6 +64,58 @@ def verify(step_dir) -> list:
 def checkpoint_dir(workdir):
   """WORKDIR/checkpoints as an epath.Path (local or cloud storage)."""
   return paths.path(workdir) / "checkpoints"
+
+
+def is_disk_full(error) -> bool:
+  """Whether `error`, or an error it was raised from, says the disk is full (an OSError, or the
+  message of orbax's or TensorStore's own error types)."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "no space left on device" in str(error).lower():
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def silence_disk_full_echoes():
+  """Keeps a full disk to the one line of `disk_full_error`: drops the log records of the
+  background writers (orbax, TensorStore, the TensorBoard writer) that report it, each with its
+  traceback, and the "Event loop is closed" errors TensorStore raises for orbax's abandoned
+  writes."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def keep(record):
+    error = record.exc_info[1] if record.exc_info else None
+    return not (is_disk_full(error) or "no space left on device" in record.getMessage().lower())
+
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(keep)
+  previous = sys.excepthook
+
+  def excepthook(kind, value, traceback):
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+      previous(kind, value, traceback)
+  sys.excepthook = excepthook
+
+
+def disk_full_error(workdir) -> UserError:
+  """The one-line error for a save that failed because the disk is full: the workdir, the
+  space a save needs (the size of the newest complete step) and the step a rerun resumes from.
+  The complete steps are untouched; the partial one is set aside when the run is resumed."""
+  directory = checkpoint_dir(workdir)
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+  latest = max(steps) if steps else None
+  need = (sum(f.stat().length for f in paths.files_under(directory / str(latest)))
+          if latest is not None else 0)
+  free = (f", {shutil.disk_usage(str(directory)).free / 2**20:.1f} MB free"
+          if paths.is_local(directory) else "")
+  resume = f"step {latest}" if latest is not None else "step 0 (no complete checkpoint yet)"
+  return UserError(
+      f"no space left on the disk of {directory.parent}{free}: saving a checkpoint needs about "
+      f"{need / 2**20:.1f} MB (the size of the last one); free at least that much (or lower "
+      f"config.keep_checkpoints) and rerun the same command to resume from {resume}")
 
 
 class Checkpointer:
@@ -229,9 +283,20 @@ class Checkpointer:
           self.unreadable.mkdir(parents=True, exist_ok=True)
           paths.move_dir(entry, self.unreadable / f"{entry.name}-{int(time.time())}")
           steps.append(int(match.group(1)))
+      if self.unreadable.is_dir():
+        self._prune_incomplete()
     # No barrier needed: orbax never lists temporary directories, and the next save (by the
     # primary process) comes after collectives that this process takes part in.
     return sorted(steps)
+
+  def _prune_incomplete(self):
+    """Deletes all but the newest of the interrupted saves set aside: each may be as large as a
+    checkpoint (a run stopped by a full disk leaves one per attempt), and only the last one can
+    tell what went wrong."""
+    aside = sorted((e for e in self.unreadable.iterdir() if _INCOMPLETE.match(e.name)),
+                   key=lambda e: int(e.name.rsplit("-", 1)[-1]))
+    for entry in aside[:-1]:
+      entry.rmtree()
 
   def _set_aside(self, steps):
     """Moves unreadable step directories out of the way (never deletes them), so that training

@@ -9,6 +9,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from bigbigan_jax import peers
 from bigbigan_jax.errors import UserError
 
 # Before TensorFlow is first imported (by TFDS, through the input pipeline): its C++ INFO and
@@ -33,22 +34,29 @@ def define_distributed_flags():
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit clusters).")
   flags.DEFINE_integer("num_processes", None, "Number of processes (explicit clusters).")
   flags.DEFINE_integer("process_id", None, "This process's index (explicit clusters).")
-  flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                       "A process that misses heartbeats this long is declared dead and JAX's "
-                       "coordination service stops the others.")
+  flags.DEFINE_integer("heartbeat_timeout_s", peers.HEARTBEAT_TIMEOUT_S,
+                       "A process of a multi-host run that sends no heartbeat this long (killed, "
+                       "frozen, its host gone) is declared lost, and the others stop with one "
+                       "`error: process i of n lost contact ...` line.")
 
 
-def initialize_distributed():
-  """Connects the processes of a multi-host run; a no-op for a single process."""
+def initialize_distributed(workdir=None):
+  """Connects the processes of a multi-host run and starts their `peers.Watchdog` (returned;
+  `stop()` it before a normal exit); None for a single process."""
   import jax  # pylint: disable=g-import-not-at-top  (after the flags are parsed)
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  if not (f.coordinator_address or f.num_processes or f.distributed):
+    return None
   if f.coordinator_address or f.num_processes:
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
-                               heartbeat_timeout_seconds=f.heartbeat_timeout_s)
-  elif f.distributed:
-    jax.distributed.initialize(heartbeat_timeout_seconds=f.heartbeat_timeout_s)
+  jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                             heartbeat_timeout_seconds=peers.backstop_s(f.heartbeat_timeout_s))
+  state = distributed.global_state
+  peers.guard_stderr(state.process_id, state.num_processes, workdir)
+  return peers.Watchdog(state.client, state.process_id, state.num_processes,
+                        f.heartbeat_timeout_s, workdir)
 
 
 def run(main):

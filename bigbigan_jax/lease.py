@@ -2,8 +2,9 @@
 
 `WORKDIR/lease.json` = {holder, host, pid, started, heartbeat} (times in seconds since the
 epoch). It is created only if absent (an exclusive create on a local disk; a create with the
-precondition "no such object" in cloud storage), refreshed every `HEARTBEAT_S` seconds, and
-removed when the run ends. A second run on a live lease stops with a one-line error naming the
+precondition "no such object" in cloud storage), taken over by one starter at a time (an
+exclusive takeover marker and a rename; a generation precondition in cloud storage), refreshed
+every `HEARTBEAT_S` seconds, and removed when the run ends. A second run on a live lease stops with a one-line error naming the
 holder; a lease whose heartbeat is older than `STALE_S` seconds, or whose process is gone from
 this host, is taken over with a warning (the holder was killed or its machine lost).
 """
@@ -58,8 +59,7 @@ class Lease:
     got there first."""
     if paths.is_local(self.path):
       if replace_generation is not None:
-        paths.write_text(self.path, text)
-        return True
+        return self._take_over_local(text, replace_generation)
       try:
         fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
@@ -80,6 +80,30 @@ class Lease:
     paths.write_text(self.path, text)
     return True
 
+  def _take_over_local(self, text: str, stale_text: str) -> bool:
+    """Replaces the stale lease `stale_text` by `text` unless another starter is taking it over
+    too: only the one that creates `lease.json.takeover` (exclusively) may, and only if the lease
+    is still `stale_text`; the new lease appears at once, whole (a rename)."""
+    marker = f"{self.path}.takeover"
+    try:
+      os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+      try:  # left by a starter that died while taking over
+        if time.time() - os.path.getmtime(marker) > self.stale_s:
+          os.unlink(marker)
+      except OSError:
+        pass
+      return False
+    try:
+      if self._read()[1] != stale_text:
+        return False  # taken over or released meanwhile
+      staged = f"{self.path}.{self.record['holder']}"
+      paths.write_text(staged, text)
+      os.replace(staged, str(self.path))
+      return True
+    finally:
+      os.unlink(marker)
+
   def _read(self):
     """(record, generation) of the current lease, or (None, None)."""
     if str(self.path).startswith("gs://"):
@@ -90,7 +114,8 @@ class Lease:
       except Exception:  # pylint: disable=broad-except  absent or unreadable
         return None, None
     try:
-      return json.loads(self.path.read_text()), "local"
+      text = self.path.read_text()  # on a local disk the text is the generation
+      return json.loads(text), text
     except (OSError, ValueError):
       return None, None
 

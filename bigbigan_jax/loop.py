@@ -269,9 +269,14 @@ def train_and_evaluate(config, workdir):
     raise errors.UserError(f"cannot write to --workdir={workdir} ({type(e).__name__}: "
                            f"{e.strerror or e}): pass a directory you can write to") from None
   held = _take_lease(workdir, is_main)
+  checkpoint.silence_disk_full_echoes()
   try:
     return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held,
                   started)
+  except Exception as e:  # pylint: disable=broad-except
+    if not checkpoint.is_disk_full(e):
+      raise
+    raise checkpoint.disk_full_error(workdir) from None
   finally:
     if held is not None:
       held.release()
@@ -293,6 +298,22 @@ def _take_lease(workdir, is_main):
   if message:
     raise errors.UserError(message)
   return held
+
+
+def _check_lease(held, workdir):
+  """Raises the UserError of `lease.Lease.check` on every process if another run took over the
+  lease that process 0 holds (`held`): all of them stop before the next (collective) save."""
+  if held is not None and jax.process_count() == 1:
+    held.check()
+    return
+  if jax.process_count() > 1:
+    lost = bool(multihost_utils.broadcast_one_to_all(np.array(
+        held is not None and held.lost is not None)))
+    if held is not None:
+      held.check()
+    if lost:
+      raise errors.UserError(f"another run took over the lease of {workdir} (process 0 says "
+                             "which): stopping; both runs must not write the same --workdir")
 
 
 def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held, started):
@@ -409,8 +430,7 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
                                         "elapsed_s": elapsed_s}])
       best.update(step, results, state, train_iter.get_state(), config)
     if step % config.checkpoint_every == 0 or step == total or preempted:
-      if held is not None:
-        held.check()  # never save over a run that took the workdir over
+      _check_lease(held, workdir)  # never save over a run that took the workdir over
       ckpt.save(step, state, train_iter.get_state(), config)
       last_saved = step
       if metrics_file:

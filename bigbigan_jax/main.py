@@ -9,12 +9,12 @@ are cached in --compilation_cache_dir, so a restart skips compilation.
 """
 
 import os
-import sys
 
 from absl import flags
 from absl import logging
 
 from bigbigan_jax import cli
+from bigbigan_jax import peers
 
 FLAGS = flags.FLAGS
 DEFAULT_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
@@ -35,26 +35,6 @@ _LOST_PROCESS_SIGNS = ("gloo", "nccl", "connection reset", "connection closed",
                        "unavailable", "deadline_exceeded", "barrier", "coordination")
 
 
-def _exit_lost_process(error, workdir):
-  """Ends a multi-process run whose peer died: one line naming the problem and the fix, then
-  `os._exit(1)` at once. (A normal exit would first wait at JAX's shutdown barrier for the dead
-  process until --heartbeat_timeout_s, then abort with a stack dump.) Complete checkpoints are
-  safe: saves are atomic, and an interrupted one is set aside when the run is resumed."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from bigbigan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  directory = checkpoint.checkpoint_dir(workdir)
-  steps = ([int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-           if directory.is_dir() else [])
-  resume = f"step {max(steps)}" if steps else "step 0 (no checkpoint yet)"
-  cause = " ".join(str(error).split())[:300]
-  print(f"error: process {jax.process_index()} of {jax.process_count()} lost contact with another "
-        f"process of this run, which died or stopped responding ({type(error).__name__}: {cause}); "
-        f"rerun the same command on all hosts to resume from the last complete checkpoint, "
-        f"{resume}", file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(1)  # pylint: disable=protected-access
-
-
 def main(argv):
   del argv
   cli.quiet_logging()  # keep the console to the progress lines unless asked
@@ -62,7 +42,7 @@ def main(argv):
   config = cli.config()
   if not FLAGS.workdir:
     raise errors.UserError("--workdir is required: the directory for checkpoints and logs")
-  cli.initialize_distributed()
+  watchdog = cli.initialize_distributed(FLAGS.workdir)
   from bigbigan_jax import loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache_dir:
@@ -73,8 +53,10 @@ def main(argv):
     loop.train_and_evaluate(config, FLAGS.workdir)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() > 1 and any(w in str(e).lower() for w in _LOST_PROCESS_SIGNS):
-      _exit_lost_process(e, FLAGS.workdir)
+      peers.exit_lost_contact(e, FLAGS.workdir)
     raise
+  if watchdog is not None:
+    watchdog.stop()
 
 
 if __name__ == "__main__":
