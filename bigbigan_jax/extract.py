@@ -143,7 +143,7 @@ def main(argv):
   if str(FLAGS.out).endswith(".npz"):
     raise UserError(f"--out={FLAGS.out}: extract writes a directory of feature shards per "
                     "split; pass a directory, e.g. --out=features")
-  cli.initialize_distributed()
+  watchdog = cli.initialize_distributed()
   model = inference.load(FLAGS.workdir, FLAGS.step, use_ema=FLAGS.ema,
                          batch_size=FLAGS.batch_size)
   data = data_config_for(model.config, FLAGS.dataset, FLAGS.data_dir)
@@ -160,6 +160,8 @@ def main(argv):
       print(f"Wrote {plan['count']} examples of {data.dataset}:{split} at step {model.step} to "
             f"{out} in {math.ceil(plan['count'] / plan['shard_examples'])} shards: {shapes}",
             flush=True)
+  if watchdog is not None:
+    watchdog.stop()
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def main(argv):
   unknown = set(FLAGS.metrics) - {"linear_probe", "knn"}
   if unknown:
     raise UserError(f"--metrics={','.join(FLAGS.metrics)}: use linear_probe and/or knn")
-  cli.initialize_distributed()
+  watchdog = cli.initialize_distributed()
   result = run(FLAGS.features, metrics=FLAGS.metrics, train_split=FLAGS.train_split,
                val_split=FLAGS.val_split, test_split=FLAGS.test_split,
                mesh=sharding.make_mesh(), method=FLAGS.method, epochs=FLAGS.epochs,
@@ -93,6 +93,8 @@ def main(argv):
     if FLAGS.workdir:
       paths.append_jsonl(paths.path(FLAGS.workdir) / "eval.jsonl", [result])
     print(json.dumps(result), flush=True)
+  if watchdog is not None:
+    watchdog.stop()
 
 
 if __name__ == "__main__":
