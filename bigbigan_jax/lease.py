@@ -4,9 +4,10 @@
 epoch). It is created only if absent (an exclusive create on a local disk; a create with the
 precondition "no such object" in cloud storage), taken over by one starter at a time (an
 exclusive takeover marker and a rename; a generation precondition in cloud storage), refreshed
-every `HEARTBEAT_S` seconds, and removed when the run ends. A second run on a live lease stops with a one-line error naming the
-holder; a lease whose heartbeat is older than `STALE_S` seconds, or whose process is gone from
-this host, is taken over with a warning (the holder was killed or its machine lost).
+every `HEARTBEAT_S` seconds, and removed when the run ends. A second run on a live lease stops
+with a one-line error naming the holder; a lease whose heartbeat is older than `STALE_S`
+seconds, or whose process is gone from this host, is taken over with a warning (the holder was
+killed or its machine lost).
 """
 
 import json
