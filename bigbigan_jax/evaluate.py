@@ -129,7 +129,7 @@ def main(argv):
   if stats_batches:
     weights += "+encoder_standing_stats"
   suite = evaluators.from_config(
-      config, names, data_config=data, train_examples=FLAGS.train_examples,
+      config, names, data_config=data, train_examples=FLAGS.train_examples, test_examples=None,
       encoder_stats_batches=stats_batches, progress=True, cache=False,
       reference_dir=inference.workdir_of(FLAGS.workdir), inception=inception,
       fid_options=dict(num_samples=FLAGS.num_fid_samples, standing_stats=FLAGS.standing_stats)

@@ -55,9 +55,10 @@ def feature_shapes(model) -> dict:
   return shapes
 
 
-def extract(model, data_config, split, out, *, weights, shard_examples=None) -> dict:
+def extract(model, data_config, split, out, *, run, weights, shard_examples=None) -> dict:
   """Writes the features of `split` under `out` as shards (resuming a killed extraction);
-  each process encodes shards index % process_count == process_index. Returns the index."""
+  each process encodes shards index % process_count == process_index. `run`: the training run
+  (recorded, so that another run's features are never mixed in). Returns the plan."""
   model.require_encoder(features_only=True)
   info = input_pipeline.dataset_info(data_config)
   count = info.num_examples.get(split, 0)
@@ -65,22 +66,32 @@ def extract(model, data_config, split, out, *, weights, shard_examples=None) -> 
     raise UserError(f"split {split!r} is empty: pick another --split")
   shapes = feature_shapes(model)
   bytes_per_example = sum(4 * math.prod(s) for s in shapes.values())
-  # A rerun keeps the shards it started with (whatever --batch_size says now).
-  shard_examples = (shard_examples or feature_store.planned(out).get("shard_examples")
-                    or feature_store.shard_examples_for(bytes_per_example, model.batch_size))
+  started = feature_store.planned(out).get("shard_examples")
+  if shard_examples is None and started:  # a rerun keeps the shards it started with
+    if started % model.batch_size:
+      raise UserError(f"{out} was started with shards of {started} examples, not a multiple of "
+                      f"this run's batch of {model.batch_size} (--batch_size rounded up to the "
+                      "devices): rerun with a --batch_size that divides it")
+    shard_examples = started
+  shard_examples = shard_examples or feature_store.shard_examples_for(bytes_per_example,
+                                                                      model.batch_size)
   if shard_examples <= 0 or shard_examples % model.batch_size:
     raise UserError(f"--shard_examples={shard_examples}: use a positive multiple of the batch "
                     f"size, {model.batch_size}")
-  plan = {"step": model.step, "weights": weights, "dataset": data_config.dataset,
-          "split": split, "count": count, "num_classes": info.num_classes,
-          "shard_examples": shard_examples, "shapes": shapes}
-  feature_store.check_plan(out, plan)
+  plan = {"run": str(run), "step": model.step, "weights": weights,
+          "dataset": data_config.dataset, "data_dir": data_config.data_dir, "split": split,
+          "count": count, "num_classes": info.num_classes, "shard_examples": shard_examples,
+          "shapes": shapes}
+  # Every process checks (and all fail alike); process 0 alone writes the plan.
+  feature_store.check_plan(out, plan, write=jax.process_index() == 0)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("bigbigan_jax.extract plan")
   shards = feature_store.plan_shards(count, shard_examples)
   done = feature_store.existing_shards(out)
   mine = [i for i in range(jax.process_index(), len(shards), jax.process_count())
           if i not in done]
   total = sum(math.ceil((shards[i][1] - shards[i][0]) / model.batch_size) for i in mine)
-  if done and jax.process_index() == 0:
+  if 0 < len(done) < len(shards) and jax.process_index() == 0:
     print(f"Resuming: {len(done)} of {len(shards)} shards of {split} are already in {out}.",
           flush=True)
 
@@ -95,13 +106,9 @@ def extract(model, data_config, split, out, *, weights, shard_examples=None) -> 
     feature_store.write_shard(out, i, common.extract_features(model, _counted(shard, bar)))
   if bar is not None:
     bar.close()
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # every process has written its shards (or failed, never here)
     multihost_utils.sync_global_devices("bigbigan_jax.extract")
   if jax.process_index() == 0:
-    missing = set(range(len(shards))) - feature_store.existing_shards(out)
-    if missing:
-      raise UserError(f"{len(missing)} shards of {out} are missing (e.g. "
-                      f"{feature_store.shard_name(min(missing))}): rerun the same command")
     feature_store.write_index(out, plan, shards)
   return plan
 
@@ -153,8 +160,8 @@ def main(argv):
       raise UserError(f"unknown split {split!r}: use one of {', '.join(sorted(known))}")
   for split in FLAGS.split:
     out = paths.path(FLAGS.out) / split
-    plan = extract(model, data, split, out, weights="ema" if FLAGS.ema else "raw",
-                   shard_examples=FLAGS.shard_examples)
+    plan = extract(model, data, split, out, run=inference.workdir_of(FLAGS.workdir),
+                   weights="ema" if FLAGS.ema else "raw", shard_examples=FLAGS.shard_examples)
     shapes = ", ".join(f"{k} {[plan['count'], *v]}" for k, v in plan["shapes"].items())
     if jax.process_index() == 0:
       print(f"Wrote {plan['count']} examples of {data.dataset}:{split} at step {model.step} to "

@@ -15,9 +15,9 @@ every finished shard and a rerun writes only the missing ones. `Source` feeds sh
 held in memory) to the probes in batches, split between the processes of a run.
 """
 
-import io
 import json
 import math
+import os
 
 import numpy as np
 
@@ -47,9 +47,15 @@ def plan_shards(count: int, shard_examples: int) -> list:
 
 
 def write_shard(out, index: int, arrays: dict):
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  paths.write_bytes(paths.path(out) / shard_name(index), buffer.getvalue())
+  """Writes one shard whole: to a temporary file renamed into place on a local disk; as one
+  object upload (complete or absent) in cloud storage."""
+  p = paths.path(out) / shard_name(index)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  target = p if not paths.is_local(p) else p.parent / f"{p.name}.{os.getpid()}.tmp"
+  with target.open("wb") as f:
+    np.savez(f, **arrays)
+  if target != p:
+    target.replace(p)
 
 
 def read_shard(out, index_or_name, keys=None) -> dict:
@@ -66,7 +72,7 @@ def existing_shards(out) -> set:
   out = paths.path(out)
   if not out.exists():
     return set()
-  return {int(p.name[6:11]) for p in out.iterdir()
+  return {int(p.name[6:-4]) for p in out.iterdir()
           if p.name.startswith("shard-") and p.name.endswith(".npz")}
 
 
@@ -76,15 +82,16 @@ def planned(out) -> dict:
   return json.loads(p.read_text()) if p.exists() else {}
 
 
-def check_plan(out, plan: dict):
-  """Records what `out` holds on its first use; a rerun must extract the same thing."""
+def check_plan(out, plan: dict, *, write: bool = True):
+  """Records what `out` holds on its first use (if `write`: one process of a run writes it); a
+  rerun must extract the same thing."""
   old = planned(out)
   if old:
     if old != plan:
       diff = next(k for k in sorted(set(plan) | set(old)) if old.get(k) != plan.get(k))
       raise UserError(f"{out} holds features with {diff}={old.get(diff)!r}, not "
                       f"{plan.get(diff)!r}: pass a new --out, or delete it to start over")
-  else:
+  elif write:
     paths.write_text(paths.path(out) / PLAN, json.dumps(plan, indent=1))
 
 
@@ -121,8 +128,9 @@ class Source:
   """Labelled features, as shards on disk (`from_dir`) or arrays in memory (`from_arrays`),
   read in batches by the probes with a bounded amount in host memory (about two shards).
 
-  With several processes, process p reads the shards p, p + P, ...; every process yields the
-  same number of batches of its `local_batch` rows.
+  With several processes, process p reads the p-th of P contiguous, equal (to a row) parts of
+  the rows, from the shards that hold them; every process yields the same number of batches of
+  its `local_batch` rows.
   """
 
   def __init__(self, counts, loader, dims):
@@ -144,18 +152,27 @@ class Source:
                lambda i, keys: {k: arrays[k][bounds[i][0]:bounds[i][1]] for k in keys},
                {k: (v.shape[1] if v.ndim > 1 else None) for k, v in arrays.items()})
 
-  def _mine(self, process_index, process_count):
-    return list(range(process_index, len(self.counts), process_count))
+  def _pieces(self, process_index, process_count) -> list:
+    """This process's rows as [(shard, first row, end row)] in the split's order."""
+    start = self.count * process_index // process_count
+    stop = self.count * (process_index + 1) // process_count
+    pieces, offset = [], 0
+    for i, n in enumerate(self.counts):
+      first, end = max(start, offset), min(stop, offset + n)
+      if first < end:
+        pieces.append((i, first - offset, end - offset))
+      offset += n
+    return pieces
 
   def rows_per_process(self, process_count=1) -> list:
     """How many examples each of `process_count` processes reads."""
-    return [sum(self.counts[i] for i in self._mine(p, process_count))
+    return [self.count * (p + 1) // process_count - self.count * p // process_count
             for p in range(process_count)]
 
   def ordered(self, key, local_batch, *, process_index=0, process_count=1):
     """Every example once: yields (x [b, D] float32, labels [b] int32, mask [b] bool), padded."""
     num_batches = max(math.ceil(r / local_batch) for r in self.rows_per_process(process_count))
-    batches = self._batches(key, local_batch, self._mine(process_index, process_count), None)
+    batches = self._batches(key, local_batch, self._pieces(process_index, process_count), None)
     for _ in range(num_batches):
       yield next(batches, None) or self._padding(key, local_batch)
 
@@ -163,9 +180,10 @@ class Source:
     """One epoch in an order drawn from `seed`: the shards in a random order, the rows of each
     shuffled together with the few left over from the one before; full batches only."""
     rng = np.random.default_rng(seed)
-    mine = list(rng.permutation(self._mine(process_index, process_count)))
+    pieces = self._pieces(process_index, process_count)
+    pieces = [pieces[i] for i in rng.permutation(len(pieces))]
     steps = min(r // local_batch for r in self.rows_per_process(process_count))
-    batches = self._batches(key, local_batch, mine, rng)
+    batches = self._batches(key, local_batch, pieces, rng)
     for _ in range(steps):
       yield next(batches)
 
@@ -173,13 +191,13 @@ class Source:
     return (np.zeros((local_batch, self.dims[key]), np.float32),
             np.zeros((local_batch,), np.int32), np.zeros((local_batch,), bool))
 
-  def _batches(self, key, local_batch, shard_order, rng):
+  def _batches(self, key, local_batch, pieces, rng):
     x, y = np.zeros((0, self.dims[key]), np.float32), np.zeros((0,), np.int32)
     full = np.ones((local_batch,), bool)
-    for i in shard_order:
+    for i, first, end in pieces:
       shard = self._load(i, (key, "labels"))
-      x = np.concatenate([x, np.asarray(shard.pop(key), np.float32)])
-      y = np.concatenate([y, np.asarray(shard.pop("labels"), np.int32)])
+      x = np.concatenate([x, np.asarray(shard.pop(key)[first:end], np.float32)])
+      y = np.concatenate([y, np.asarray(shard.pop("labels")[first:end], np.int32)])
       order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
       batches = len(x) // local_batch - (rng is not None)  # shuffling keeps some to mix
       for b in range(max(batches, 0)):

@@ -58,13 +58,21 @@ def run(features, *, metrics=("linear_probe", "knn"), train_split="train",
   if val_split:
     splits["train_val"] = val_split
   sources = {name: feature_store.Source.from_dir(root / split) for name, split in splits.items()}
-  index = feature_store.read_index(root / train_split)
+  indexes = {split: feature_store.read_index(root / split) for split in splits.values()}
+  index = indexes[train_split]
+  for field in ("run", "step", "weights", "dataset", "data_dir", "shapes"):
+    values = {split: json.dumps(i.get(field), sort_keys=True) for split, i in indexes.items()}
+    if len(set(values.values())) > 1:
+      raise UserError(f"the splits under {root} were extracted with different {field}s "
+                      f"({', '.join(f'{s}: {v}' for s, v in values.items())}): extract them "
+                      "again from one checkpoint")
   num_classes = index.get("num_classes")
   if not num_classes or num_classes < 2:
     raise UserError(f"{root / train_split}: the dataset has no class labels to probe")
   names = [n for n in PROBE_NAMES if n[1] in sources["train"].dims]
   if not names:
-    raise UserError(f"{root / train_split} has no encoder features ({', '.join(PROBE_NAMES[0])})")
+    raise UserError(f"{root / train_split} has no encoder features "
+                    f"({', '.join(key for _, key in PROBE_NAMES)})")
   out = {"step": index["step"], "weights": index["weights"], "dataset": index["dataset"],
          "train_examples": sources["train"].count}
   if "linear_probe" in metrics:
@@ -83,6 +91,11 @@ def main(argv):
   unknown = set(FLAGS.metrics) - {"linear_probe", "knn"}
   if unknown:
     raise UserError(f"--metrics={','.join(FLAGS.metrics)}: use linear_probe and/or knn")
+  for name, low in (("batch_size", 1), ("epochs", 1), ("min_steps", 0)):
+    if getattr(FLAGS, name) < low:
+      raise UserError(f"--{name}={getattr(FLAGS, name)}: use at least {low}")
+  if not 0 < FLAGS.learning_rate < float("inf"):
+    raise UserError(f"--learning_rate={FLAGS.learning_rate}: use a positive, finite rate")
   watchdog = cli.initialize_distributed()
   result = run(FLAGS.features, metrics=FLAGS.metrics, train_split=FLAGS.train_split,
                val_split=FLAGS.val_split, test_split=FLAGS.test_split,

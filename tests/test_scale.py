@@ -54,14 +54,20 @@ def test_shards_round_trip_and_every_process_reads_its_own(tmp_path):
   assert len(set(counts)) == 1
   seen = np.concatenate(seen)
   assert len(seen) == 1000 and len(np.unique(seen[:, 0])) == 1000
-  # Shuffled: the same number of full batches everywhere, rows from the process's own shards.
+  assert np.array_equal(seen[:, 0], arrays["feat"][:, 0])  # contiguous parts, in order
+  # Shuffled: the same number of full batches everywhere, rows from the process's own part.
   steps = [list(source.shuffled("feat", 50, seed=1, process_index=p, process_count=3))
            for p in range(3)]
   assert len({len(s) for s in steps}) == 1 and all(m.all() for s in steps for _, _, m in s)
-  own = np.concatenate([arrays["feat"][i * 96:(i + 1) * 96, 0] for i in range(0, 11, 3)])
-  assert np.isin(np.concatenate([x[:, 0] for x, _, _ in steps[0]]), own).all()
+  assert np.isin(np.concatenate([x[:, 0] for x, _, _ in steps[0]]),
+                 arrays["feat"][:333, 0]).all()
   assert not np.array_equal(steps[0][0][0], list(source.shuffled(
       "feat", 50, seed=2, process_index=0, process_count=3))[0][0])
+  # Fewer shards than processes: each still gets its share of the rows.
+  one_shard = feature_store.Source.from_arrays(arrays)
+  assert one_shard.rows_per_process(4) == [250] * 4
+  assert sum(len(list(one_shard.shuffled("feat", 50, seed=0, process_index=p,
+                                         process_count=4))) for p in range(4)) == 20
 
 
 def test_an_extraction_directory_keeps_to_its_plan(tmp_path):

@@ -127,8 +127,11 @@ class Data:
   def _limit(self, name):
     return self.limits.get(name)
 
-  def batches(self, model, name):
-    """The split's batches (`split_batches`), from the cache where it holds them."""
+  def batches(self, model, name, whole=False):
+    """The split's batches (`split_batches`), from the cache where it holds them; `whole`: all
+    of the split, whatever `train_examples`/`test_examples` say (FID's reference statistics)."""
+    if whole and self._limit(name) is not None:
+      return split_batches(model, self.config, self.splits[name])
     if self._cache is not None:
       if name not in self._cache:
         size = self.count(name) * model.image_size ** 2 * model.image_channels * 4

@@ -145,7 +145,7 @@ class _InceptionEvaluator(common.Evaluator):
       return features(inception_variables, eight_bit(model.d_view(images)))["pool"]
 
     fn = model.cached_jit(("fid_real", self.inception), real_fn)
-    batches = data.batches(model, "test")
+    batches = data.batches(model, "test", whole=True)
     if data.progress:
       total = -(-data.counts.get(split, 0) // model.batch_size)
       batches = common.progress_bar(batches, total, f"Inception features of {split}")
