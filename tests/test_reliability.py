@@ -95,13 +95,24 @@ def test_unusable_workdirs_and_a_changed_architecture_are_one_line(tmp_path, mni
            ((f"--workdir={a_file}/run",), "cannot write to --workdir"),
            ((f"--workdir={copy}", "--config.model.generator.ch=8", "--config.total_steps=6"),
             "was trained with another architecture: parameter")]
-  for flags, message in cases:
-    command = [sys.executable, "-m", "bigbigan_jax.main", f"--config={CONFIG}",
-               f"--config.data.data_dir={mnist_data_dir}", *flags]
-    result = subprocess.run(command, env=env_for(1), cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+  # A read-only filesystem (root ignores file modes, so a read-only mount), where mounting works.
+  read_only = tmp_path / "read_only"
+  read_only.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(read_only)],
+                           capture_output=True).returncode == 0
+  if mounted:
+    cases.append(((f"--workdir={read_only}/run",), "Read-only file system"))
+  try:
+    for flags, message in cases:
+      command = [sys.executable, "-m", "bigbigan_jax.main", f"--config={CONFIG}",
+                 f"--config.data.data_dir={mnist_data_dir}", *flags]
+      result = subprocess.run(command, env=env_for(1), cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+      lines = result.stderr.strip().splitlines()
+      assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+  finally:
+    if mounted:
+      subprocess.run(["umount", "-l", str(read_only)], check=False)
   # The healthy checkpoints of the run with the other architecture are where they were.
   assert sorted(os.listdir(copy / "checkpoints")) == ["2", "4"]
   assert not os.path.exists(copy / "checkpoints_unreadable")
