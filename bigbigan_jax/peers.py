@@ -14,6 +14,7 @@ first anyway (it does at once when process 0 dies: its client loses the coordina
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,20 @@ def guard_stderr(process_id: int, num_processes: int, workdir=None):
   os.close(read)
 
 
+def _pieces(stream):
+  """The bytes of `stream` as they come, cut after each newline or carriage return (a progress
+  bar redraws itself after a carriage return and would otherwise wait for the next newline)."""
+  pending = b""
+  while chunk := stream.read(1 << 16):
+    pending += chunk
+    cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
+    if cut:
+      yield from re.split(rb"(?<=[\r\n])", pending[:cut])[:-1]
+      pending = pending[cut:]
+  if pending:
+    yield pending
+
+
 def _filter_lines(process_id: int, num_processes: int, workdir: str):
   """Copies stdin to stdout until a line of `_RUNTIME_SIGNS`; from there on only `error:` lines,
   and at the end `lost_contact_line` unless the process said it itself."""
@@ -101,7 +116,7 @@ def _filter_lines(process_id: int, num_processes: int, workdir: str):
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   lost, said = None, False
-  for line in sys.stdin.buffer:
+  for line in _pieces(sys.stdin.buffer.raw):
     text = line.decode(errors="replace")
     if any(sign in text for sign in _RUNTIME_SIGNS) and (lost is None or "fatal" in text):
       lost = text.split("] ", 1)[-1]  # without the log prefix (severity, time, thread, file)

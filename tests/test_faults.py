@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -161,6 +162,22 @@ def _free_port():
 # What JAX prints when its coordination service or a failed check aborts a process.
 _ABORT_SIGNS = re.compile(r"Aborted|SIGABRT|Fatal Python error|Traceback|terminate called|"
                           r"^[FE]\d{4} ", re.MULTILINE)
+
+
+def test_the_stderr_filter_passes_progress_bars_and_replaces_the_runtime_abort():
+  """What a multi-host process writes to stderr: a progress bar's redraws pass at once (cut at
+  carriage returns), and JAX's report of a lost peer, with all that follows but `error:` lines,
+  becomes the one lost-contact line."""
+  stream = (b"encoding 1/3\rencoding 2/3\rdone\n"
+            b"E1206 00:00:00.1 1 coordination_service.cc:1] fatal: task 0 is gone\n"
+            b"*** Check failure stack trace: ***\n    @ 0x7f abc\n")
+  result = subprocess.run([sys.executable, "-m", "bigbigan_jax.peers", "1", "2", ""], input=stream,
+                          capture_output=True, env=env_for(1), cwd=REPO, timeout=60)
+  out = result.stdout.decode()
+  assert out.startswith("encoding 1/3\rencoding 2/3\rdone\n"), out
+  rest = out.strip().split("\n")[1:]
+  assert len(rest) == 1 and rest[0].startswith("error: process 1 of 2 lost contact"), out
+  assert "task 0 is gone" in rest[0] and "Check failure" not in out
 
 
 @pytest.mark.slow
