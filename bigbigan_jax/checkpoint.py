@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from bigbigan_jax import errors
 from bigbigan_jax import paths
 from bigbigan_jax.errors import UserError
 
@@ -94,10 +95,19 @@ def silence_disk_full_echoes():
     handler.addFilter(keep)
   previous = sys.excepthook
 
+  closed = lambda value: isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
   def excepthook(kind, value, traceback):
-    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+    if not closed(value):
       previous(kind, value, traceback)
   sys.excepthook = excepthook
+  # TensorStore reports the same error from its own threads as "unraisable" (a bare traceback).
+  previous_unraisable = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    if not closed(unraisable.exc_value):
+      previous_unraisable(unraisable)
+  sys.unraisablehook = unraisablehook
 
 
 def disk_full_error(workdir) -> UserError:
@@ -112,7 +122,7 @@ def disk_full_error(workdir) -> UserError:
   free = (f", {shutil.disk_usage(str(directory)).free / 2**20:.1f} MB free"
           if paths.is_local(directory) else "")
   resume = f"step {latest}" if latest is not None else "step 0 (no complete checkpoint yet)"
-  return UserError(
+  return errors.DiskFull(
       f"no space left on the disk of {directory.parent}{free}: saving a checkpoint needs about "
       f"{need / 2**20:.1f} MB (the size of the last one); free at least that much (or lower "
       f"config.keep_checkpoints) and rerun the same command to resume from {resume}")

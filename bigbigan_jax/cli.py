@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from bigbigan_jax import peers
+from bigbigan_jax import errors
 from bigbigan_jax.errors import UserError
 
 # Before TensorFlow is first imported (by TFDS, through the input pipeline): its C++ INFO and
@@ -77,7 +78,10 @@ def run(main):
     try:
       main(argv)
     except UserError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      if isinstance(e, errors.DiskFull):  # no shutdown: see DiskFull
+        sys.stdout.flush()
+        os._exit(2)  # pylint: disable=protected-access
       sys.exit(2)
   try:
     app.run(wrapped)

@@ -9,6 +9,12 @@ class UserError(Exception):
   """
 
 
+class DiskFull(UserError):
+  """A save failed because the disk is full. The entry point exits at once after its line: the
+  storage clients' abandoned background writes would otherwise print tracebacks while Python
+  shuts down."""
+
+
 class TrainingDiverged(UserError):
   """A loss, score or parameter became non-finite; the message names the step and the term."""
 
