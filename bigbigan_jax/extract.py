@@ -55,12 +55,15 @@ def feature_shapes(model) -> dict:
   return shapes
 
 
-def extract(model, data_config, split, out, *, run, weights, shard_examples=None) -> dict:
+def extract(model, data_config, split, out, *, run, weights, shard_examples=None,
+            info=None) -> dict:
   """Writes the features of `split` under `out` as shards (resuming a killed extraction);
   each process encodes shards index % process_count == process_index. `run`: the training run
-  (recorded, so that another run's features are never mixed in). Returns the plan."""
+  (recorded, so that another run's features are never mixed in); `info`: the dataset's
+  `input_pipeline.dataset_info`, if the caller has it (opening a dataset can be slow: an image
+  folder is scanned). Returns the plan."""
   model.require_encoder(features_only=True)
-  info = input_pipeline.dataset_info(data_config)
+  info = info or input_pipeline.dataset_info(data_config)
   count = info.num_examples.get(split, 0)
   if not count:
     raise UserError(f"split {split!r} is empty: pick another --split")
@@ -154,14 +157,16 @@ def main(argv):
   model = inference.load(FLAGS.workdir, FLAGS.step, use_ema=FLAGS.ema,
                          batch_size=FLAGS.batch_size)
   data = data_config_for(model.config, FLAGS.dataset, FLAGS.data_dir)
-  known = input_pipeline.dataset_info(data).num_examples
+  info = input_pipeline.dataset_info(data)
   for split in FLAGS.split:  # every name checked before the first is encoded
-    if split not in known:
-      raise UserError(f"unknown split {split!r}: use one of {', '.join(sorted(known))}")
+    if split not in info.num_examples:
+      raise UserError(f"unknown split {split!r}: use one of "
+                      f"{', '.join(sorted(info.num_examples))}")
   for split in FLAGS.split:
     out = paths.path(FLAGS.out) / split
     plan = extract(model, data, split, out, run=inference.workdir_of(FLAGS.workdir),
-                   weights="ema" if FLAGS.ema else "raw", shard_examples=FLAGS.shard_examples)
+                   weights="ema" if FLAGS.ema else "raw", shard_examples=FLAGS.shard_examples,
+                   info=info)
     shapes = ", ".join(f"{k} {[plan['count'], *v]}" for k, v in plan["shapes"].items())
     if jax.process_index() == 0:
       print(f"Wrote {plan['count']} examples of {data.dataset}:{split} at step {model.step} to "

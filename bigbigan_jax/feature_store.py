@@ -133,16 +133,22 @@ class Source:
   its `local_batch` rows.
   """
 
-  def __init__(self, counts, loader, dims):
+  def __init__(self, counts, loader, dims, index=None):
     self.counts, self._load, self.dims = list(counts), loader, dims
     self.count = sum(self.counts)
+    self.index = index  # what `extract` recorded (from_dir), else None
 
   @classmethod
   def from_dir(cls, out):
     index = read_index(out)
     return cls([s["count"] for s in index["shards"]],
                lambda i, keys: read_shard(out, index["shards"][i]["file"], keys),
-               {k: (v[0] if v else None) for k, v in index["shapes"].items()})
+               {k: (v[0] if v else None) for k, v in index["shapes"].items()}, index)
+
+  @classmethod
+  def of(cls, split):
+    """A split's features as a Source: a Source as it is, or {key: [N, ...]} arrays."""
+    return split if isinstance(split, cls) else cls.from_arrays(split)
 
   @classmethod
   def from_arrays(cls, arrays: dict, shard_examples: int = 1 << 16):

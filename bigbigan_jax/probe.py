@@ -58,7 +58,7 @@ def run(features, *, metrics=("linear_probe", "knn"), train_split="train",
   if val_split:
     splits["train_val"] = val_split
   sources = {name: feature_store.Source.from_dir(root / split) for name, split in splits.items()}
-  indexes = {split: feature_store.read_index(root / split) for split in splits.values()}
+  indexes = {splits[name]: source.index for name, source in sources.items()}
   index = indexes[train_split]
   for field in ("run", "step", "weights", "dataset", "data_dir", "shapes"):
     values = {split: json.dumps(i.get(field), sort_keys=True) for split, i in indexes.items()}

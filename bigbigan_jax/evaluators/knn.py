@@ -14,23 +14,18 @@ from bigbigan_jax.evaluators import common
 KS = (1, 5)
 
 
-def as_source(split) -> feature_store.Source:
-  """A split's features: a `feature_store.Source` as it is, or {key: [N, D]} arrays."""
-  return split if isinstance(split, feature_store.Source) else feature_store.Source.from_arrays(
-      split)
-
-
 def nn1(features, key, query_split, num_classes, mesh=None, placed=None) -> float:
   """Euclidean 1-NN accuracy of split `query_split` against the train bank on feature `key`."""
+  source = feature_store.Source.of
   return metrics_lib.sharded_knn_accuracy(
-      as_source(features["train"]), as_source(features[query_split]), key, ks=(1,),
+      source(features["train"]), source(features[query_split]), key, ks=(1,),
       metric="euclidean", num_classes=num_classes, mesh=mesh, placed=placed)[1]
 
 
 def knn_metrics(features, key, num_classes, mesh=None) -> dict:
   """The k-NN results on per-split features ({key: arrays} or `feature_store.Source`s)."""
   mesh = mesh or sharding.local_mesh()
-  bank, test = as_source(features["train"]), as_source(features["test"])
+  bank, test = feature_store.Source.of(features["train"]), feature_store.Source.of(features["test"])
   placed = metrics_lib.shard_bank(bank, key, mesh, min_rows_per_device=max(KS))  # read once
   out = {}
   for metric in ("euclidean", "cosine"):

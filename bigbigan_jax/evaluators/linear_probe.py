@@ -33,7 +33,7 @@ def probe_metrics(features, probe_names, num_classes, *, method="auto", lbfgs_ma
           tr[key], tr["labels"], None if val is None else val[key],
           None if val is None else val["labels"], te[key], te["labels"], num_classes=num_classes)
     else:
-      tr, val, te = (None if features.get(s) is None else _source(features[s])
+      tr, val, te = (None if features.get(s) is None else feature_store.Source.of(features[s])
                      for s in ("train", "train_val", "test"))
       probe = metrics_lib.minibatch_linear_probe(tr, val, te, key, num_classes=num_classes,
                                                  mesh=mesh, **minibatch)
@@ -50,11 +50,6 @@ def _use_lbfgs(train, key, method, max_bytes) -> bool:
   if isinstance(train, feature_store.Source):
     return train.count * train.dims[key] * 4 <= max_bytes
   return np.asarray(train[key]).nbytes <= max_bytes
-
-
-def _source(split):
-  return split if isinstance(split, feature_store.Source) else feature_store.Source.from_arrays(
-      split)
 
 
 def _in_memory(split, key):
