@@ -144,6 +144,34 @@ def test_spectral_norm_converges_to_unit_top_singular_value_and_is_frozen_in_eva
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("resample,kernel_size,height", [
+    ("up", 3, 4), ("up", 3, 5), ("up", 1, 4), ("down", 3, 8), ("down", 1, 8)])
+def test_resampled_convs_equal_resampling_then_convolving(resample, kernel_size, height):
+  """G's up-convolutions and D's pooled convolutions, fused: same variables, values, gradients."""
+  x = jax.random.normal(jax.random.key(0), (2, height, height + 2, 3))
+  fused = layers.SNConv(5, kernel_size, resample=resample)
+  plain = layers.SNConv(5, kernel_size)
+  v = fused.init(jax.random.key(1), x, train=True)
+  assert jax.tree.structure(v) == jax.tree.structure(plain.init(jax.random.key(1), x, train=True))
+  v = {**v, "params": jax.tree.map(lambda p: p + 0.1, v["params"])}  # a non-zero bias
+
+  def reference(v, x):
+    y = plain.apply(v, layers.upsample2(x) if resample == "up" else x, train=False)
+    return layers.avg_pool2(y) if resample == "down" else y
+
+  def loss(fn, v, x):
+    return jnp.sum(jnp.sin(fn(v, x)))
+
+  got = fused.apply(v, x, train=False)
+  want = reference(v, x)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  fused_fn = lambda v, x: fused.apply(v, x, train=False)
+  for g, w in zip(jax.tree.leaves(jax.grad(loss, (1, 2))(fused_fn, v, x)),
+                  jax.tree.leaves(jax.grad(loss, (1, 2))(reference, v, x))):
+    np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_spectral_state_lives_outside_params():
   g = Generator(resolution=32, ch=2, shared_dim=4, attn_res=16)
