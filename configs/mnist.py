@@ -42,16 +42,16 @@ def get_config(arg=None):
   # steps of 8 reach a linear probe of 0.64 in 14.5 min, where 900 steps of 64 stay at the random
   # init's 0.39 (docs/experiments/2026-12-mnist-demo-batch-size.md).
   c.batch_size = 8
-  c.total_steps = 9000
+  c.total_steps = 8000
   c.optim.update(g_lr=2e-4, d_lr=2e-4, d_steps=1, b1=0.5)
   c.ema.update(decay=0.995, start_step=0)
   c.log_every = 200
-  c.eval_every = 0  # `python -m bigbigan_jax.evaluate` after the run (or e.g. 3000 to track it)
+  c.eval_every = 0  # `python -m bigbigan_jax.evaluate` after the run (or e.g. 2000 to track it)
   c.eval.update(batch_size=250, train_examples=None, test_examples=None)
   c.evals.recon_labels.every = None  # also: is G(E(x)) still x's digit?
   for name in ("fid", "is"):
     c.evals[name].num_samples = 1000
-  c.checkpoint_every = 3000
+  c.checkpoint_every = 2000
   c.image_every = 1000
 
   if arg.runlocal:
