@@ -104,12 +104,18 @@ class SNConv(nn.Module):
                            collection_name=SPECTRAL)(x, update_stats=train)
 
 
-# Taps of the fused kernels, per spatial dimension (see `ResampledConv`).
-# Up: output phase a (row 2i + a) reads low-res rows i - 1 + a + r, r = 0, 1, with these sums of
-# the 3 kernel taps u (0: row above, 1: centre, 2: row below).
-_UP_TAPS = ((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))  # [a][r][u]
-# Down: the average of output rows 2i and 2i + 1 reads input rows 2i - 1 + t, t = 0..3.
-_DOWN_TAPS = ((1, 0, 0), (1, 1, 0), (0, 1, 1), (0, 0, 1))  # [t][u], halved
+def _up_taps(kernel, axis: int):
+  """Along `axis` (3 taps: before, centre, after), the 2-tap kernels of the two output phases of
+  nearest 2x upsampling then convolving: phase 0 reads low-res offsets -1, 0 and phase 1 0, +1.
+  Returns `[2 (phase), ...]` with `axis` of size 2."""
+  w = [jnp.take(kernel, i, axis) for i in range(3)]
+  return jnp.stack([jnp.stack([w[0], w[1] + w[2]], axis), jnp.stack([w[0] + w[1], w[2]], axis)])
+
+
+def _down_taps(kernel, axis: int):
+  """Along `axis`, the 4-tap kernel of convolving then averaging 2 neighbours (stride 2)."""
+  w = [jnp.take(kernel, i, axis) for i in range(3)]
+  return jnp.stack([w[0], w[0] + w[1], w[1] + w[2], w[2]], axis) * 0.5
 
 
 class ResampledConv(nn.Module):
@@ -134,30 +140,31 @@ class ResampledConv(nn.Module):
     kernel = self.param("kernel", orthogonal(), (k, k, c, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) \
         if self.use_bias else None
+    if self.resample not in ("up", "down") or k not in (1, 3):
+      raise ValueError(f"ResampledConv: resample={self.resample!r}, kernel_size={k}")
+    if k == 3 and self.resample == "up":  # [r, s, c, (a, b, o)]: tap (r, s) of phase (a, b)
+      kernel = _up_taps(_up_taps(kernel, 0), 2).transpose(2, 3, 4, 1, 0, 5)
+      kernel = kernel.reshape(2, 2, c, 4 * self.features)
+    elif k == 3:
+      kernel = _down_taps(_down_taps(kernel, 0), 1)
+    # The fused kernels are sums of float32 weights, formed before any cast to `dtype`.
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     conv = functools.partial(jax.lax.conv_general_dilated, padding="VALID",
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if self.resample not in ("up", "down") or k not in (1, 3):
-      raise ValueError(f"ResampledConv: resample={self.resample!r}, kernel_size={k}")
     if k == 1:
       if self.resample == "up":
         y = upsample2(conv(x, kernel, (1, 1)))
       else:
         y = conv(avg_pool2(x), kernel, (1, 1))
     elif self.resample == "up":
-      taps = jnp.asarray(_UP_TAPS, kernel.dtype)
-      fused = jnp.einsum("aru,bsv,uvco->rscabo", taps, taps, kernel)
       n, h, w, _ = x.shape
-      y = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))),
-               fused.reshape(2, 2, c, 4 * self.features), (1, 1))
+      y = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel, (1, 1))
       y = y.reshape(n, h + 1, w + 1, 2, 2, self.features)
       phases = [[y[:, a:a + h, b:b + w, a, b] for b in (0, 1)] for a in (0, 1)]
       y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
       y = y.reshape(n, 2 * h, 2 * w, self.features)
     else:
-      taps = jnp.asarray(_DOWN_TAPS, kernel.dtype) / 2
-      fused = jnp.einsum("tu,sv,uvco->tsco", taps, taps, kernel)
-      y = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), fused, (2, 2))
+      y = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel, (2, 2))
     return y if bias is None else y + bias
 
 
