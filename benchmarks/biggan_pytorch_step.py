@@ -49,7 +49,8 @@ def main():
   G_ema = BigGAN.Generator(G_ch=args.ch, dim_z=args.z_dim, shared_dim=32, hier=True,
                            skip_init=True, no_optim=True, **common)
   G_ema.load_state_dict(G.state_dict())
-  G.train(), D.train()
+  G.train()
+  D.train()
   batch, res = args.batch_size, args.resolution
   x = torch.zeros(args.d_steps, batch, 3, res, res)
   y = torch.zeros(batch, dtype=torch.long)
@@ -59,7 +60,8 @@ def main():
       p.requires_grad = on
 
   def iteration():
-    toggle(D, True), toggle(G, False)
+    toggle(D, True)
+    toggle(G, False)
     for i in range(args.d_steps):
       D.optim.zero_grad()
       with torch.no_grad():
@@ -69,7 +71,8 @@ def main():
       loss = torch.mean(torch.relu(1. - real)) + torch.mean(torch.relu(1. + fake))
       loss.backward()
       D.optim.step()
-    toggle(D, False), toggle(G, True)
+    toggle(D, False)
+    toggle(G, True)
     G.optim.zero_grad()
     loss = -torch.mean(D(G(torch.randn(batch, G.dim_z), G.shared(y)), y))
     loss.backward()

@@ -16,10 +16,9 @@ KS = (1, 5)
 
 def nn1(features, key, query_split, num_classes, mesh=None, placed=None) -> float:
   """Euclidean 1-NN accuracy of split `query_split` against the train bank on feature `key`."""
-  source = feature_store.Source.of
   return metrics_lib.sharded_knn_accuracy(
-      source(features["train"]), source(features[query_split]), key, ks=(1,),
-      metric="euclidean", num_classes=num_classes, mesh=mesh, placed=placed)[1]
+      feature_store.Source.of(features["train"]), feature_store.Source.of(features[query_split]),
+      key, ks=(1,), metric="euclidean", num_classes=num_classes, mesh=mesh, placed=placed)[1]
 
 
 def knn_metrics(features, key, num_classes, mesh=None) -> dict:

@@ -124,7 +124,7 @@ class ResampledConv(nn.Module):
   Same parameters (names, shapes, init) as `nn.Conv`, same function up to float rounding:
   - 'up', k = 3: each of the four output phases of `conv3x3(upsample2(x))` is a 2x2 convolution of
     `x`; one 2x2 VALID convolution of padded `x` with 4x the output channels computes all four
-    (about 0.45-0.7x the products, depending on the size);
+    (0.44-0.7x the products, depending on the size);
   - 'down', k = 3: `avg_pool2(conv3x3(x))` is one 4x4 convolution of stride 2 (0.44x);
   - k = 1: the pointwise convolution commutes with both resamplings (0.25x).
   """
