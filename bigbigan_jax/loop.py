@@ -2,6 +2,7 @@
 
 import json
 import os
+import queue
 import signal
 import tempfile
 import threading
@@ -44,6 +45,48 @@ class Timer:
     eta = (self.total - step) / max(steps_per_s, 1e-9)
     return {"steps_per_s": steps_per_s, "img_per_s": steps_per_s * self.images_per_step,
             "eta_s": eta}
+
+
+class DevicePrefetch:
+  """The images of the next steps, already on the devices: a background thread reads `d_steps`
+  local batches per step, assembles the global uint8 array and queues it, `depth` steps ahead,
+  with the input pipeline's state after those batches. `state` is the state after the images
+  handed out so far: what a checkpoint must record. An input error is raised by `next`."""
+
+  def __init__(self, train_iter, d_steps: int, mesh, depth: int = 2):
+    self.state = train_iter.get_state()
+    self._queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(train_iter, d_steps, mesh),
+                                    daemon=True)
+    self._thread.start()
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        pass
+
+  def _fill(self, train_iter, d_steps, mesh):
+    try:
+      while not self._stop.is_set():
+        local = [next(train_iter)["image"] for _ in range(d_steps)]
+        self._put((sharding.global_images(local, mesh), train_iter.get_state()))
+    except Exception as e:  # pylint: disable=broad-except
+      self._put((None, e))
+
+  def __next__(self):
+    images, state = self._queue.get()
+    if images is None:
+      raise state
+    self.state = state
+    return images
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=10)
 
 
 class Previews:
@@ -383,71 +426,76 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
       ckpt.close()
       raise
 
-  compile_start = time.perf_counter()
-  for step in range(start + 1, total + 1):
-    local = [next(train_iter)["image"] for _ in range(d_steps)]
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = step_fn(state, sharding.global_images(local, mesh))
-    guard()  # the previous step's flags
-    unchecked = (step, metrics)
-    first = step == start + 1
-    if first:  # compilation (or loading it from the cache): reported once, on this step's line
-      jax.block_until_ready(metrics)
-      compile_s = time.perf_counter() - compile_start
-      preemption.first_step_done = True
-    preempted = preemption.reached(step)
-    due = suite.due(step, total) if suite else ()
-    if (step % config.log_every == 0 or step % config.image_every == 0 or due or preempted
-        or step % config.checkpoint_every == 0 or step == total):
-      guard()
-    report(step)
-    if step % config.log_every == 0 or step == total:
-      values = {k: float(sharding.fetch(v)) for k, v in metrics.items() if not k.startswith("finite/")}
-      values.update(timer.report(step))
-      values["elapsed_s"] = resumed_elapsed + time.perf_counter() - started
-      if first:
-        values["compile_s"] = compile_s
-      writer.write_scalars(step, values)
-      if metrics_file:
-        metrics_file.write({"step": step, **values})
-        shown = " | ".join(f"{k} {values[k]:.4f}" for k in losses if k in values)
-        speed = (f"compiled and ran in {compile_s:.1f} s" if first else
-                 f"{values['steps_per_s']:.2f} steps/s | {values['img_per_s']:.0f} img/s | "
-                 f"ETA {values['eta_s'] / 60:.1f} min")
-        print(f"step {step}/{total} | {speed} | {shown}", flush=True)
-    if first:  # steps/s and the ETA leave compilation out
-      timer = Timer(total, config.batch_size * d_steps, step)
-    if step % config.image_every == 0 or step == total:
-      previews.write(step, state, writer, workdir)
-    if due:
-      elapsed_s = resumed_elapsed + time.perf_counter() - started
-      results = suite(evaluation_model.with_state(state, use_ema=True), due)
-      results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
-      writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
-      if is_main:
-        weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
-        paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights,
-                                        "elapsed_s": elapsed_s}])
-      best.update(step, results, state, train_iter.get_state(), config)
-    if step % config.checkpoint_every == 0 or step == total or preempted:
-      _check_lease(held, workdir)  # never save over a run that took the workdir over
-      ckpt.save(step, state, train_iter.get_state(), config)
-      last_saved = step
-      if metrics_file:
-        metrics_file.flush()
-    if preempted:
-      ckpt.wait()
-      ckpt.close()
-      best.close()
-      print(f"Preempted (SIGTERM): saved the checkpoint at step {step}; rerun the same command "
-            "to resume.", flush=True)
-      return state
-  ckpt.wait()
-  ckpt.close()
-  best.close()
-  tensorboard.sync()
-  if metrics_file:
-    metrics_file.flush()
-  if is_main:  # lets sweeps tell finished runs from interrupted ones
-    paths.write_text(workdir / "DONE", json.dumps({"step": total}))
-  return state
+  inputs = DevicePrefetch(train_iter, d_steps, mesh)
+  try:
+    compile_start = time.perf_counter()
+    for step in range(start + 1, total + 1):
+      images_on_device = next(inputs)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, images_on_device)
+      guard()  # the previous step's flags
+      unchecked = (step, metrics)
+      first = step == start + 1
+      if first:  # compilation (or loading it from the cache): reported once, on this step's line
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - compile_start
+        preemption.first_step_done = True
+      preempted = preemption.reached(step)
+      due = suite.due(step, total) if suite else ()
+      if (step % config.log_every == 0 or step % config.image_every == 0 or due or preempted
+          or step % config.checkpoint_every == 0 or step == total):
+        guard()
+      report(step)
+      if step % config.log_every == 0 or step == total:
+        values = {k: float(sharding.fetch(v)) for k, v in metrics.items()
+                  if not k.startswith("finite/")}
+        values.update(timer.report(step))
+        values["elapsed_s"] = resumed_elapsed + time.perf_counter() - started
+        if first:
+          values["compile_s"] = compile_s
+        writer.write_scalars(step, values)
+        if metrics_file:
+          metrics_file.write({"step": step, **values})
+          shown = " | ".join(f"{k} {values[k]:.4f}" for k in losses if k in values)
+          speed = (f"compiled and ran in {compile_s:.1f} s" if first else
+                   f"{values['steps_per_s']:.2f} steps/s | {values['img_per_s']:.0f} img/s | "
+                   f"ETA {values['eta_s'] / 60:.1f} min")
+          print(f"step {step}/{total} | {speed} | {shown}", flush=True)
+      if first:  # steps/s and the ETA leave compilation out
+        timer = Timer(total, config.batch_size * d_steps, step)
+      if step % config.image_every == 0 or step == total:
+        previews.write(step, state, writer, workdir)
+      if due:
+        elapsed_s = resumed_elapsed + time.perf_counter() - started
+        results = suite(evaluation_model.with_state(state, use_ema=True), due)
+        results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items() if k != "step"})
+        if is_main:
+          weights = evaluators.weights_label(True, results.get("encoder_stats_batches", 0))
+          paths.append_jsonl(eval_path, [{**results, "step": step, "weights": weights,
+                                          "elapsed_s": elapsed_s}])
+        best.update(step, results, state, inputs.state, config)
+      if step % config.checkpoint_every == 0 or step == total or preempted:
+        _check_lease(held, workdir)  # never save over a run that took the workdir over
+        ckpt.save(step, state, inputs.state, config)
+        last_saved = step
+        if metrics_file:
+          metrics_file.flush()
+      if preempted:
+        ckpt.wait()
+        ckpt.close()
+        best.close()
+        print(f"Preempted (SIGTERM): saved the checkpoint at step {step}; rerun the same command "
+              "to resume.", flush=True)
+        return state
+    ckpt.wait()
+    ckpt.close()
+    best.close()
+    tensorboard.sync()
+    if metrics_file:
+      metrics_file.flush()
+    if is_main:  # lets sweeps tell finished runs from interrupted ones
+      paths.write_text(workdir / "DONE", json.dumps({"step": total}))
+    return state
+  finally:
+    inputs.close()

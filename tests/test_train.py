@@ -101,3 +101,38 @@ def test_two_processes_equal_one_process(tmp_path, mnist_data_dir, eight_device_
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
   _assert_same_run(workdir, eight_device_run)
+
+
+def test_prefetched_images_carry_the_input_state_and_raise_input_errors():
+  """The loop's device prefetch: each step's images in order, `state` that of the batches handed
+  out (what a checkpoint records, not the prefetched ones), an input error raised in order."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bigbigan_jax import loop, sharding  # pylint: disable=g-import-not-at-top
+  from bigbigan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
+  class Batches:
+    def __init__(self):
+      self.count = 0
+
+    def __next__(self):
+      if self.count == 5:
+        raise UserError("cannot decode image 41")
+      self.count += 1
+      return {"image": np.full((8, 4, 4, 1), self.count, np.uint8)}
+
+    def get_state(self):
+      return {"next_index": 8 * self.count}
+
+  inputs = loop.DevicePrefetch(Batches(), d_steps=2, mesh=sharding.make_mesh())
+  try:
+    assert inputs.state == {"next_index": 0}
+    for step in (1, 2):
+      images = next(inputs)
+      assert images.shape == (2, 8, 4, 4, 1) and images.dtype == np.uint8
+      assert isinstance(images, jax.Array) and len(images.sharding.device_set) == jax.device_count()
+      np.testing.assert_array_equal(np.asarray(images)[:, 0, 0, 0, 0], [2 * step - 1, 2 * step])
+      assert inputs.state == {"next_index": 16 * step}
+    with pytest.raises(UserError, match="image 41"):
+      next(inputs)
+  finally:
+    inputs.close()
