@@ -279,8 +279,10 @@ def test_probe_cli_on_extracted_shards_matches_evaluate(run_dir, tmp_path):
   minibatch = json.loads(_run_cli("bigbigan_jax.probe", f"--features={tmp_path}",
                                   "--method=minibatch", "--metrics=linear_probe"
                                   ).stdout.strip().splitlines()[-1])
+  # Minibatch SGD against the exact solver, on the weak features of 2 steps: within 20 of the
+  # 1,000 test digits.
   for key in ("linear_probe_avepool_test", "linear_probe_bn_crelu_test"):
-    assert abs(minibatch[key] - evaluated[key]) <= 0.01, (key, minibatch, evaluated)
+    assert abs(minibatch[key] - evaluated[key]) <= 0.02, (key, minibatch, evaluated)
 
 
 @pytest.mark.slow
