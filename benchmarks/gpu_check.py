@@ -22,8 +22,8 @@ $OUT/gpu_check.md, in this order:
           quarter after each out-of-memory failure. `mfu` counts recomputed FLOPs (remat's
           forward) as work; `mfu_model` of the remat row uses the FLOPs per image of the run
           without remat;
-  demo    the README demo's wall time (configs/mnist.py, its 900 steps, a fresh workdir and a cold
-          compilation cache), with the run's own steps/s and compile time from metrics.jsonl.
+  demo    the README demo's wall time (configs/mnist.py, its whole schedule, a fresh workdir and a
+          cold compilation cache), with the run's own steps/s and compile time from metrics.jsonl.
 
 Every measurement runs in its own process under a deadline taken from the budget; what the budget
 leaves out is recorded as skipped. `--smoke` runs the same commands on the tiny `runlocal` configs

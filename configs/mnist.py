@@ -37,15 +37,15 @@ def get_config(arg=None):
   # A 15-minute schedule on 2 CPU cores: SN-GAN's fast setting (equal rates of 2e-4, one D step
   # per E/G step, Adam beta1 = 0.5) instead of BigGAN's slower 4:1 rates, 2 D steps, beta1 = 0.
   # Learning per second: E learns through D slowly, so what counts is the number of updates in
-  # the budget. On this CPU a step of 8 costs 0.07 s, of 16 0.12 s and of 64 0.57 s (small
-  # batches stay in cache), and per image seen E learned more at 8 and 16 than at 64: 8,000 steps
-  # of 8 (about 14 minutes) reach a linear probe of 0.57 and a 1-NN accuracy of 0.45, where 900
-  # steps of 64 stay at the random init's 0.39 / 0.22
-  # (docs/experiments/2026-12-mnist-demo-batch-size.md).
+  # the budget. On 2 CPU cores a step of 8 costs 0.07 s, of 16 0.12 s and of 64 0.57 s (small
+  # batches stay in cache), and per image seen E learned more at 8 and 16 than at 64: with E at
+  # G's rate, 8,000 steps of 8 (about 14 minutes) reach a linear probe of 0.57 and a 1-NN
+  # accuracy of 0.45, where 900 steps of 64 stay at the random init's 0.39 / 0.22.
   # E's rate is 4x G's (the paper's eta; its higher-resolution rows use 10): E, which only
   # learns through D, then keeps up with G. At step 8,000, eta = 1 / 3 / 4 / 10 gave a linear
   # probe of 0.57 / 0.77 / 0.80 / 0.69, a 1-NN of 0.45 / 0.60 / 0.67 / 0.48, and 28 / 43 / 42 /
-  # 30% of G(E(x)) keeping the digit (docs/experiments/2026-12-mnist-demo-encoder-rate.md).
+  # 30% of G(E(x)) keeping the digit. docs/experiments/README.md lists the runs (batch size,
+  # encoder rate).
   c.batch_size = 8
   c.total_steps = 8000
   c.optim.update(g_lr=2e-4, d_lr=2e-4, d_steps=1, b1=0.5, e_lr_mult=4.0)
