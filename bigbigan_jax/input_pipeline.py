@@ -321,16 +321,24 @@ def _open(data_config):
                  np.sort(order[:n_holdout]), np.sort(order[n_holdout:]))
 
 
-def _split_examples(opened, split):
-  """Returns (grain.MapDataset of raw examples, count) for a split name (train_val-aware)."""
+def _split_examples(opened, split, cache=False):
+  """Returns (grain.MapDataset of raw examples, count) for a split name (train_val-aware).
+
+  `cache`: read and decode the whole split once, now, and serve it from host memory (for small
+  datasets, where decoding every image again costs the training step CPU time)."""
   if split not in opened.info.num_examples:
     raise UserError(f"unknown split {split!r}: use one of {sorted(opened.info.num_examples)}")
   if split in ("train_val", opened.train_split):
     source = opened.open_split(opened.train_split)
     indices = opened.holdout if split == "train_val" else opened.kept
-    return grain.MapDataset.source(indices).map(lambda i: source[int(i)]), len(indices)
-  source = opened.open_split(split)
-  return grain.MapDataset.source(source), len(source)
+    examples = grain.MapDataset.source(indices).map(lambda i: source[int(i)])
+  else:
+    examples = grain.MapDataset.source(opened.open_split(split))
+  if cache:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      examples = grain.MapDataset.source(list(pool.map(examples.__getitem__,
+                                                       range(len(examples)))))
+  return examples, len(examples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +407,8 @@ def create_train_iterator(data_config, *, image_size, global_batch_size, seed, c
   local_batch, process_index, process_count = _local_batch(
       global_batch_size, process_index, process_count)
   opened = _open(data_config)
-  examples, _ = _split_examples(opened, opened.train_split)
+  examples, _ = _split_examples(opened, opened.train_split,
+                                cache=_get(data_config, "cache", False))
   augment = _get(data_config, "augment", "resnet")
   _check_augment(augment)  # Here, not first inside a reader thread.
   shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
@@ -434,7 +443,7 @@ def eval_batches(data_config, split, *, image_size, batch_size, channels=None, p
   local_batch, process_index, process_count = _local_batch(
       batch_size, process_index, process_count)
   opened = _open(data_config)
-  examples, count = _split_examples(opened, split)
+  examples, count = _split_examples(opened, split, cache=_get(data_config, "cache", False))
   if indices is not None:
     whole = examples
     examples = grain.MapDataset.source(np.asarray(indices)).map(lambda i: whole[int(i)])

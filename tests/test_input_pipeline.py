@@ -248,6 +248,21 @@ def test_restored_iterator_continues_identically(mnist_data_dir, process_index, 
     np.testing.assert_array_equal(got["label"], want["label"])
 
 
+def test_cached_split_without_reader_threads_gives_the_same_batches(mnist_data_dir):
+  make = lambda config: input_pipeline.create_train_iterator(
+      config, image_size=32, global_batch_size=16, seed=11, process_index=0, process_count=1,
+      as_uint8=True)
+  plain, cached = make(_config(mnist_data_dir)), make(_config(mnist_data_dir, cache=True,
+                                                              read_threads=0))
+  for _ in range(3):
+    want, got = next(plain), next(cached)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  assert cached.get_state() == plain.get_state()  # checkpoints move between the two settings
+  assert (_eval_digests(_config(mnist_data_dir, cache=True, read_threads=0), "train_val")
+          == _eval_digests(_config(mnist_data_dir), "train_val"))
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_batches_cover_split_exactly_once(mnist_data_dir, process_count):
   config = _config(mnist_data_dir)
