@@ -20,6 +20,7 @@ measurement, weights included (null with `--compile_only`), and `bytes_limit` wh
 may hold; both null where the platform keeps no statistics (CPU).
 """
 
+import gc
 import json
 import math
 import statistics
@@ -186,6 +187,8 @@ def benchmark_step(config) -> dict:
   for _ in range(2):  # warm-up
     state, metrics = compiled(state, images)
   jax.block_until_ready(metrics)
+  gc.collect()
+  gc.freeze()  # as the training loop does after its first step
   holder = {"state": state}
 
   def iteration():
