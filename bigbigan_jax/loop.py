@@ -5,6 +5,7 @@ import json
 import os
 import queue
 import signal
+import shutil
 import tempfile
 import threading
 import time
@@ -270,6 +271,12 @@ class TensorBoard:
       for events in self.staging.iterdir():
         paths.write_bytes(self.workdir / events.name, events.read_bytes())
 
+  def close(self):
+    """Closes the writer and removes the local staging folder (after `sync`)."""
+    self.writer.close()
+    if self.staging is not None:
+      shutil.rmtree(self.staging, ignore_errors=True)
+
 
 class JsonLines:
   """A JSON-lines log (metrics.jsonl): appended at once on a local disk; in cloud storage, where
@@ -318,14 +325,18 @@ def train_and_evaluate(config, workdir):
                            f"{e.strerror or e}): pass a directory you can write to") from None
   held = _take_lease(workdir, is_main)
   checkpoint.silence_disk_full_echoes()
+  tensorboard = None
   try:
+    tensorboard = TensorBoard(workdir, is_main)
     return _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held,
-                  started)
+                  started, tensorboard)
   except Exception as e:  # pylint: disable=broad-except
     if not checkpoint.is_disk_full(e):
       raise
     raise checkpoint.disk_full_error(workdir) from None
   finally:
+    if tensorboard is not None:
+      tensorboard.close()
     if held is not None:
       held.release()
 
@@ -364,11 +375,11 @@ def _check_lease(held, workdir):
                              "which): stopping; both runs must not write the same --workdir")
 
 
-def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held, started):
+def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, held, started,
+           tensorboard):
   """`train_and_evaluate` once the workdir is usable and this run holds its lease (`held`, on
   process 0); `started`: its `time.perf_counter()` at the start."""
   is_main = jax.process_index() == 0
-  tensorboard = TensorBoard(workdir, is_main)
   writer = tensorboard.writer
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   train_iter = input_pipeline.create_train_iterator(

@@ -47,12 +47,15 @@ def _env(server):
 def _start_two_processes(workdir, data_dir, server, log_dir, tag):
   port = free_port()
   procs = []
+  temp = os.path.join(log_dir, f"tmp-{tag}")  # the runs' local temporary files
+  os.makedirs(temp, exist_ok=True)
   for i in range(2):
     log = open(os.path.join(log_dir, f"{tag}-{i}.log"), "w")
     procs.append((subprocess.Popen(
         main_command(workdir, data_dir, f"--coordinator_address=127.0.0.1:{port}",
                      "--num_processes=2", f"--process_id={i}"),
-        env=_env(server), cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+        env={**_env(server), "TMPDIR": temp}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT),
+        log))
   return procs
 
 
@@ -93,7 +96,8 @@ def bucket_runs(emulator, mnist_data_dir, tmp_path_factory):
       "the kill came after step 4 was saved")
   resumed = _finish(_start_two_processes(run, mnist_data_dir, emulator, logs, "resumed"), logs,
                     "resumed")
-  return {"straight": straight, "run": run, "resumed_output": resumed}
+  return {"straight": straight, "run": run, "resumed_output": resumed,
+          "straight_temp": os.listdir(os.path.join(logs, "tmp-straight"))}
 
 
 @pytest.mark.slow
@@ -104,6 +108,8 @@ def test_a_killed_bucket_run_resumes_to_the_straight_result(bucket_runs, emulato
                    "run/images/reconstructions_0000004.png"):
     assert expected in names, expected
   assert any(n.startswith("run/events.out.tfevents") for n in names), names
+  # TensorBoard's local staging folder is removed once its files are in the bucket.
+  assert not [n for n in bucket_runs["straight_temp"] if "tensorboard" in n]
   steps = [r["step"] for r in paths.read_jsonl(f"{bucket_runs['run']}/metrics.jsonl")]
   assert steps == [1, 2, 3, 4]
   resumed = state_arrays(bucket_runs["run"], 4)
