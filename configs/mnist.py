@@ -43,7 +43,7 @@ def get_config(arg=None):
   # Learning per second: E learns through D slowly, so what counts is the number of updates in
   # the budget. On 2 CPU cores a step of 8 costs 0.07 s, of 16 0.12 s and of 64 0.57 s (small
   # batches stay in cache), and per image seen E learned more at 8 and 16 than at 64: with E at
-  # G's rate, 8,000 steps of 8 (about 14 minutes) reach a linear probe of 0.57 and a 1-NN
+  # G's rate, 8,000 steps of 8 (11-14 minutes) reach a linear probe of 0.57 and a 1-NN
   # accuracy of 0.45, where 900 steps of 64 stay at the random init's 0.39 / 0.22.
   # E's rate is 4x G's (the paper's eta; its higher-resolution rows use 10): E, which only
   # learns through D, then keeps up with G. At step 8,000, eta = 1 / 3 / 4 / 10 gave a linear
