@@ -5,7 +5,8 @@
       [--step=K] [--data_dir=DIR] [--train_examples=N] [--random_init | --raw_pixels]
       [--[no]encoder_standing_stats] [--noema]
   python -m bigbigan_jax.evaluate --workdir=runs/mnist --metrics=fid,is
-      --inception_weights=PATH [--num_fid_samples=N]   (pytorch-fid's weights file)
+      --inception_weights=PATH [--num_fid_samples=N]   (pytorch-fid's weights file; default:
+      the run's evals.fid.inception_weights)
 
 `--metrics` names entries of the run's `config.evals` (linear_probe, knn, recon, recon_labels,
 pairing, fid, is, bigan_nn1; see bigbigan_jax/evaluators/__init__.py for what each reports).
@@ -66,7 +67,8 @@ def define_flags():
                     "run evaluated itself in training (eval.encoder_stats_batches).")
   flags.DEFINE_string("inception_weights", None,
                       f"fid,is: the FID Inception-v3 weights, pytorch-fid's "
-                      f"{inception_lib.WEIGHTS_FILE} (or an .npz of it); never downloaded.")
+                      f"{inception_lib.WEIGHTS_FILE} (or an .npz of it); never downloaded. "
+                      "Default: the path the run's config names (evals.fid.inception_weights).")
   flags.DEFINE_integer("num_fid_samples", None,
                        "fid,is: generated images (default: the run's evals.fid.num_samples).")
   flags.DEFINE_bool("standing_stats", None,
@@ -74,19 +76,30 @@ def define_flags():
                     "(default: the run's evals.fid.standing_stats).")
 
 
+def inception_weights(config, generation, flag_value):
+  """The Inception weights for the FID/IS evaluators `generation`: the flag's path, else the one
+  the run's config names (`evals.<name>.inception_weights`)."""
+  if flag_value:
+    return flag_value
+  named = [config.evals[n].get("inception_weights") for n in generation]
+  named = [w for w in named if w]
+  if generation and not named:
+    raise evaluators.fid.missing_weights_error(generation)
+  return named[0] if named else None
+
+
 def _check_flags(config, names):
-  """One-line errors for flag combinations that cannot work, before anything is restored."""
+  """One-line errors for flag combinations that cannot work, before anything is restored;
+  returns (FID/IS evaluator names, their Inception weights' path)."""
   if FLAGS.random_init and FLAGS.raw_pixels:
     raise UserError("--random_init and --raw_pixels are two different baselines: pass one")
   generation = config_lib.inception_names(config.evals, names)
-  if generation and not FLAGS.inception_weights:
-    raise evaluators.fid.missing_weights_error(generation)
   if FLAGS.inception_weights and not generation:
     raise UserError("--inception_weights is only used by --metrics=fid,is: add them to "
                     "--metrics or drop the flag")
   if generation and FLAGS.raw_pixels:
     raise UserError("--raw_pixels has no generator: drop fid,is from --metrics")
-  return generation
+  return generation, inception_weights(config, generation, FLAGS.inception_weights)
 
 
 def main(argv):
@@ -94,18 +107,12 @@ def main(argv):
   cli.quiet_logging()
   if not FLAGS.workdir:
     raise UserError("--workdir is required: the training run to evaluate")
-  if FLAGS.metrics is not None and not FLAGS.inception_weights:  # before the run is read
-    defaults = config_lib.evals()
-    asked = [n for n in (m.strip() for m in FLAGS.metrics.split(",")) if n in defaults]
-    generation = config_lib.inception_names(defaults, asked)
-    if generation:
-      raise evaluators.fid.missing_weights_error(generation)
   config = inference.load_config(FLAGS.workdir, FLAGS.step)
   names = (evaluators.enabled(config) if FLAGS.metrics is None
            else evaluators.parse_names(FLAGS.metrics, config))
-  generation = _check_flags(config, names)
+  generation, weights_path = _check_flags(config, names)
   # The weights first: a wrong file fails before the checkpoint is restored.
-  inception = inception_lib.load(FLAGS.inception_weights) if FLAGS.inception_weights else None
+  inception = inception_lib.load(weights_path) if weights_path else None
   mesh = sharding.local_mesh()
   if FLAGS.random_init or FLAGS.raw_pixels:
     model = inference.BigBiGAN(config, models.build(config), mesh, batch_size=FLAGS.batch_size)

@@ -543,10 +543,23 @@ def test_fid_without_inception_weights_is_a_one_line_error(g_model):
     evaluators.from_config(model.config, "knn,fid")
   assert evaluators.parse_names("linear_probe,fid,is", model.config) == ("linear_probe", "fid",
                                                                           "is")
-  result = subprocess.run([sys.executable, "-m", "bigbigan_jax.evaluate", "--workdir=/nonexistent",
+  # A run whose config names no weights (read-only: the error comes before anything is written).
+  run = os.path.join(REPO, "tests", "data", "old_checkpoints", "bigbigan")
+  result = subprocess.run([sys.executable, "-m", "bigbigan_jax.evaluate", f"--workdir={run}",
                            "--metrics=fid,is"], env=env_for(1), cwd=REPO, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]  # `error: <one line>`, no traceback
   assert last.startswith("error: --metrics=fid,is needs --inception_weights=PATH"), result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_evaluate_takes_the_inception_weights_the_run_names():
+  from bigbigan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  config = _runlocal_config()
+  config.evals.fid.inception_weights = "gs://bucket/pt_inception.pth"
+  assert evaluate.inception_weights(config, ("fid", "is"), None) == "gs://bucket/pt_inception.pth"
+  assert evaluate.inception_weights(config, ("fid",), "local.npz") == "local.npz"  # the flag wins
+  assert evaluate.inception_weights(config, (), None) is None
+  with pytest.raises(UserError, match="--metrics=is needs --inception_weights=PATH"):
+    evaluate.inception_weights(_runlocal_config(), ("is",), None)
