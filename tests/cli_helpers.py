@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -53,3 +54,10 @@ def state_arrays(workdir, step):
   state = checkpointer.restore(path, restore_args=args)
   flat, _ = jax.tree_util.tree_flatten_with_path(state)
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

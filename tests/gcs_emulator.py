@@ -13,17 +13,12 @@ sets to try a gs:// run against an emulator started by hand:
 """
 
 import json
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from cli_helpers import free_port
 
 
 def client_env(url: str) -> dict:

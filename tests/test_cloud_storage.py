@@ -19,8 +19,8 @@ import pytest
 
 from bigbigan_jax import feature_store
 from bigbigan_jax import paths
-from cli_helpers import REPO, env_for, main_command, state_arrays
-from gcs_emulator import Emulator, client_env, free_port
+from cli_helpers import REPO, env_for, free_port, main_command, state_arrays
+from gcs_emulator import Emulator, client_env
 
 BUCKET = "bucket"
 

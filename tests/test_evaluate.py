@@ -34,8 +34,7 @@ from bigbigan_jax.errors import UserError
 from bigbigan_jax.evaluators import pairing
 from bigbigan_jax.evaluators import recon_labels
 from bigbigan_jax.trainers import common
-from cli_helpers import REPO, env_for, run_main
-from gcs_emulator import free_port
+from cli_helpers import REPO, env_for, free_port, run_main
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ from bigbigan_jax import inference
 from bigbigan_jax import lease
 from bigbigan_jax import peers
 from bigbigan_jax.errors import UserError
-from cli_helpers import REPO, env_for, main_command, metrics, run_main, state_arrays
+from cli_helpers import (REPO, env_for, free_port, main_command, metrics, run_main,
+                         state_arrays)
 
 
 def _flip_a_byte(path):
@@ -153,12 +153,6 @@ def test_the_heartbeat_refreshes_the_lease_and_notices_a_takeover(tmp_path):
   assert (tmp_path / lease.NAME).exists()  # the new holder's lease stays
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 # What JAX prints when its coordination service or a failed check aborts a process.
 _ABORT_SIGNS = re.compile(r"Aborted|SIGABRT|Fatal Python error|Traceback|terminate called|"
                           r"^[FE]\d{4} ", re.MULTILINE)
@@ -190,7 +184,7 @@ def test_a_dead_or_frozen_peer_ends_the_other_in_one_line(fault, victim, tmp_pat
   must print one `error: process i of 2 lost contact` line, no abort dump, and exit non-zero
   within 30 s (the default --heartbeat_timeout_s, 20 s, plus slack for a busy machine)."""
   workdir = str(tmp_path / "run")
-  port = _free_port()
+  port = free_port()
   # Both compile cold: with a warm cache only one might skip compilation and wait past gloo's
   # fixed 30 s rendezvous for the other.
   env = {**env_for(2), "JAX_ENABLE_COMPILATION_CACHE": "false"}

@@ -7,13 +7,13 @@
 """
 
 import os
-import socket
 import subprocess
 
 import numpy as np
 import pytest
 
-from cli_helpers import REPO, env_for, main_command, metrics, run_main, state_arrays
+from cli_helpers import (REPO, env_for, free_port, main_command, metrics, run_main,
+                         state_arrays)
 
 
 def test_main_run_writes_checkpoints_metrics_and_images(straight_run):
@@ -81,16 +81,10 @@ def test_one_device_equals_eight_devices(tmp_path, mnist_data_dir, eight_device_
   _assert_same_run(one, eight_device_run)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path, mnist_data_dir, eight_device_run):
   workdir = str(tmp_path)
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(
       main_command(workdir, mnist_data_dir, *TWO_STEPS,
                     f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
