@@ -456,8 +456,8 @@ def _train(config, workdir, preemption, mesh, networks, optimizers, step_fn, hel
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - compile_start
         preemption.first_step_done = True
-        # The ~10^5 objects of start-up (modules, traced programs) leave the collector's view:
-        # a full collection over them took ~0.2 s every ~100 steps.
+        # The objects of start-up (modules, traced programs) leave the collector's view, or
+        # every full collection walks them all while the step waits.
         gc.collect()
         gc.freeze()
       preempted = preemption.reached(step)
