@@ -324,8 +324,8 @@ def _open(data_config):
 def _split_examples(opened, split, cache=False):
   """Returns (grain.MapDataset of raw examples, count) for a split name (train_val-aware).
 
-  `cache`: read and decode the whole split once, now, and serve it from host memory (for small
-  datasets, where decoding every image again costs the training step CPU time)."""
+  `cache`: read and decode the whole split once, now, and serve it from host memory (for a
+  small training split, where decoding every image again each epoch costs the step CPU time)."""
   if split not in opened.info.num_examples:
     raise UserError(f"unknown split {split!r}: use one of {sorted(opened.info.num_examples)}")
   if split in ("train_val", opened.train_split):
@@ -443,7 +443,7 @@ def eval_batches(data_config, split, *, image_size, batch_size, channels=None, p
   local_batch, process_index, process_count = _local_batch(
       batch_size, process_index, process_count)
   opened = _open(data_config)
-  examples, count = _split_examples(opened, split, cache=_get(data_config, "cache", False))
+  examples, count = _split_examples(opened, split)  # one pass: data.cache would not pay
   if indices is not None:
     whole = examples
     examples = grain.MapDataset.source(np.asarray(indices)).map(lambda i: whole[int(i)])

@@ -53,7 +53,7 @@ def _base():
   c.data.read_threads = 8
   c.data.prefetch = 2
   c.data.on_corrupt = "skip"
-  c.data.cache = False             # True: decode each split once and keep it in host memory
+  c.data.cache = False             # True: decode the training split once, keep it in memory
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "bigbigan"     # the networks of models/ ('bigan_mlp': BiGAN 2017's MLPs)
