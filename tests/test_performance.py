@@ -129,7 +129,8 @@ def test_micro_batches_take_strided_rows():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("half", ["eg"])  # "d" takes the same accumulate_gradients path; left out to keep the suite's wall time down
+# "d" takes the same accumulate_gradients path; left out to keep the suite's wall time down.
+@pytest.mark.parametrize("half", ["eg"])
 def test_accumulated_update_equals_mean_of_micro_batch_gradients(half):
   """An update with grad_accum=2 is one Adam step on the mean of the two micro-batches'
   gradients, with BN/SN statistics updated by micro-batch 0 and then micro-batch 1."""
