@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jax_environment import CACHE_ENV, XLA_TEST_FLAGS
+import jax_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "mnist.py") + ":runlocal"
@@ -20,7 +20,8 @@ def env_for(devices: int) -> dict:
   """The environment of a CPU subprocess with `devices` fake devices (and the shared cache)."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
   env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
-             TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=XLA_TEST_FLAGS, **CACHE_ENV)
+             TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS=jax_environment.XLA_TEST_FLAGS,
+             **jax_environment.cache_env())
   return env
 
 

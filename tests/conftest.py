@@ -22,6 +22,11 @@ jax_environment.apply_to(os.environ)
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def pytest_unconfigure(config):
+  del config
+  jax_environment.remove_session_cache()  # after the xdist workers have finished
+
+
 def _built_once(tmp_path_factory, name, build) -> str:
   """A directory `build(path)` fills once per test session, shared by all pytest-xdist workers."""
   if "PYTEST_XDIST_WORKER" not in os.environ:
