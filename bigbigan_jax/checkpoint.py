@@ -326,14 +326,14 @@ class Checkpointer:
     steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     if not steps:
       raise UserError(f"no checkpoints under {self.directory}; train first or pass another --workdir")
-    errors = []
+    failures = []
     for s in steps:  # the newest readable one
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return ml_collections.ConfigDict(restored["config"])
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    raise UserError(f"no readable checkpoint config in {self.directory} ({'; '.join(errors)}); "
+        failures.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    raise UserError(f"no readable checkpoint config in {self.directory} ({'; '.join(failures)}); "
                     "pass another --workdir or --step")
 
   def wait(self):

@@ -67,6 +67,14 @@ def test_a_corrupt_newest_checkpoint_is_never_used(straight_run, tmp_path, mnist
     assert (resumed[key] == straight[key]).all(), key
 
 
+def test_an_unreadable_config_names_every_step_it_tried(tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(os.path.join(REPO, "tests", "data", "old_checkpoints", "bigbigan"), run)
+  (run / "checkpoints" / "4" / "config" / "metadata").write_text("{not json")
+  with pytest.raises(UserError, match=r"no readable checkpoint config .*\(step 4: .*\); pass"):
+    checkpoint.Checkpointer(str(run), read_only=True).restore_config()
+
+
 @pytest.mark.slow
 def test_a_second_run_on_a_live_workdir_stops_and_the_first_goes_on(tmp_path, mnist_data_dir):
   workdir = str(tmp_path / "run")
