@@ -67,7 +67,7 @@ def test_a_corrupt_newest_checkpoint_is_never_used(straight_run, tmp_path, mnist
     assert (resumed[key] == straight[key]).all(), key
 
 
-def test_an_unreadable_config_names_every_step_it_tried(tmp_path):
+def test_an_unreadable_run_config_is_an_error_naming_the_step(tmp_path):
   run = tmp_path / "run"
   shutil.copytree(os.path.join(REPO, "tests", "data", "old_checkpoints", "bigbigan"), run)
   (run / "checkpoints" / "4" / "config" / "metadata").write_text("{not json")
