@@ -29,13 +29,13 @@ def apply_to(environ) -> None:
   if _CACHE_DIR not in environ:
     environ[_CACHE_DIR] = tempfile.mkdtemp(prefix="bigbigan_jax_test_cache_")
     environ[_CACHE_OWNER] = str(os.getpid())
-  for key, value in cache_env().items():
+  for key, value in cache_env(environ).items():
     environ.setdefault(key, value)
 
 
-def cache_env() -> dict:
+def cache_env(environ=os.environ) -> dict:
   """The variables that point a subprocess at the session's compilation cache."""
-  return {_CACHE_DIR: os.environ[_CACHE_DIR],
+  return {_CACHE_DIR: environ[_CACHE_DIR],
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
