@@ -24,7 +24,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def pytest_unconfigure(config):
   del config
-  jax_environment.remove_session_cache()  # after the xdist workers have finished
+  jax_environment.remove_run_cache()  # after the xdist workers have finished
 
 
 def _built_once(tmp_path_factory, name, build) -> str:
